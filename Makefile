@@ -1,0 +1,19 @@
+# The two commands a new user needs (see README): `make demo` and `make test`.
+# Each installs whatever is missing (Debian packages, the venv, pip packages) and then runs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export QT_QPA_PLATFORM ?= offscreen
+
+.PHONY: setup demo test package clean
+
+setup:
+	@bash scripts/setup.sh $(VENV)
+
+demo: setup
+	$(PY) -m engine demo --out demo_output
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf demo_output .pytest_cache .qgis-settings build dist

@@ -1,0 +1,186 @@
+"""Command line: ``python -m engine match|demo|simulate``.
+
+Errors the user can act on (``MatcherError``) print one clear line and exit with status 2; Ctrl-C
+cancels through the same token the QGIS task uses, so partial outputs are cleaned up the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Optional, Sequence
+
+from .errors import CancelledError, MatcherError
+from .params import METHODS, TRANSFORMS, MatchParams
+from .progress import CancelToken, ConsoleProgressBar
+from .version import __version__
+
+
+def _aoi(text: str) -> tuple[float, float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or vals[0] >= vals[2] or vals[1] >= vals[3]:
+        raise argparse.ArgumentTypeError("AOI must be 'xmin,ymin,xmax,ymax' with xmin<xmax and ymin<ymax")
+    return vals  # type: ignore[return-value]
+
+
+def _add_match_options(p: argparse.ArgumentParser) -> None:
+    d = MatchParams()
+    p.add_argument("--method", choices=METHODS, default=d.method, help="similarity measure (default %(default)s)")
+    p.add_argument("--transform", choices=TRANSFORMS, default=d.transform, help="correction model (default %(default)s)")
+    p.add_argument("--aoi", type=_aoi, help="area of interest xmin,ymin,xmax,ymax (in --aoi-crs, default the SAR CRS)")
+    p.add_argument("--aoi-crs", help="CRS of --aoi, e.g. EPSG:4326")
+    p.add_argument("--n-target", type=int, default=d.n_target, help="candidate locations wanted (default %(default)s)")
+    p.add_argument("--candidates", choices=("structure", "grid"), default=d.candidates)
+    p.add_argument("--max-offset", type=float, help="largest expected misregistration in pixels (widens the search)")
+    p.add_argument("--template-size", type=int, default=d.template_size)
+    p.add_argument("--search-size", type=int, default=d.search_size)
+    p.add_argument("--sar-scale", choices=("auto", "linear", "amplitude", "db", "dn"), default=d.sar_scale)
+    p.add_argument("--sar-clip", default=d.sar_clip, help="'robust' or 'lo,hi' dB (e.g. 10,30)")
+    p.add_argument("--min-quality", type=float, default=d.min_quality)
+    p.add_argument("--ransac-threshold", type=float, default=d.ransac_threshold_px, help="inlier threshold in pixels")
+    p.add_argument("--resolution", type=float, help="matching grid pixel size (default: the SAR's)")
+    p.add_argument("--sar-band", type=int, default=1)
+    p.add_argument("--optical-bands", help="comma-separated optical bands used for the grey image (default 1,2,3)")
+    p.add_argument("--no-corrected", action="store_true", help="do not write the corrected optical GeoTIFF")
+    p.add_argument("--no-checkerboard", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _params(a: argparse.Namespace) -> MatchParams:
+    return MatchParams(
+        method=a.method, transform=a.transform, aoi=a.aoi, aoi_crs=a.aoi_crs, n_target=a.n_target,
+        candidates=a.candidates, max_offset_px=a.max_offset, template_size=a.template_size,
+        search_size=a.search_size, sar_scale=a.sar_scale, sar_clip=a.sar_clip, min_quality=a.min_quality,
+        ransac_threshold_px=a.ransac_threshold, resolution=a.resolution, sar_band=a.sar_band,
+        opt_bands=[int(b) for b in a.optical_bands.split(",")] if a.optical_bands else None,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m engine", description="SAR-Optical Matcher engine")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("match", help="match an optical raster against a SAR raster and correct it")
+    m.add_argument("--sar", required=True)
+    m.add_argument("--optical", required=True)
+    m.add_argument("--out", required=True, help="output folder")
+    m.add_argument("--truth", help="simulator truth JSON: report the check-point error")
+    _add_match_options(m)
+    d = sub.add_parser("demo", help="simulate a misregistered scene, match it and report the error")
+    d.add_argument("--out", default="demo_output")
+    d.add_argument("--size", type=int, default=2048)
+    d.add_argument("--seed", type=int, default=7)
+    _add_match_options(d)
+    s = sub.add_parser("simulate", help="write a simulated SAR/optical pair with a truth JSON")
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", type=int, default=2048)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--kind", default="mixed", choices=("rural", "suburban", "urban", "mixed"))
+    s.add_argument("--shift", default="23.4,-17.8", help="misregistration dx,dy in pixels")
+    s.add_argument("--rotation", type=float, default=0.0, help="misregistration rotation (degrees)")
+    return ap
+
+
+def _install_sigint(token: CancelToken):
+    def handler(signum, frame):
+        token.cancel()
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not in the main thread
+        return None
+
+
+def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool, corrected: bool,
+              checkerboard: bool, truth: Optional[str] = None) -> int:
+    from .pipeline import match_pair
+    from .write_results import ensure_writable_dir, write_results
+
+    token = CancelToken()
+    old = _install_sigint(token)
+    bar = None if quiet else ConsoleProgressBar()
+    try:
+        ensure_writable_dir(out)
+        t0 = time.perf_counter()
+        result = match_pair(sar, optical, params, progress=bar, cancel=token)
+        extra = {}
+        cp = None
+        if truth:
+            from .evaluate import checkpoint_error
+
+            cp = checkpoint_error(result.transform, truth, result.tieset.pixel_size)
+            extra["checkpoints"] = cp.__dict__
+        paths = write_results(result, out, corrected=corrected, checkerboard=checkerboard, extra_summary=extra,
+                              progress=bar, cancel=token)
+        _print_summary(result, paths, time.perf_counter() - t0, cp)
+        return 0
+    except CancelledError as exc:
+        print(f"\ncancelled: {exc} Partial outputs were removed.", file=sys.stderr)
+        return 130
+    except MatcherError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
+def _print_summary(result, paths, seconds: float, cp) -> None:
+    s = result.stats
+    unit = result.pair.grid.crs.linear_units or "units"
+    print(f"Candidates {s.n_candidates}, matched {s.n_matched}, inliers {s.n_inliers}, flagged {s.n_flagged}")
+    print(f"Recovered shift: dx={s.shift_m[0]:+.2f} {unit}, dy={s.shift_m[1]:+.2f} {unit} "
+          f"(columns {s.shift_px[0]:+.2f} px, rows {s.shift_px[1]:+.2f} px)")
+    print(f"Transform '{result.params.transform}': residual RMSE {s.rmse_px:.2f} px over {s.n_inliers} inliers, "
+          f"tie-point hull covers {s.coverage * 100:.0f}% of the area")
+    if cp is not None:
+        print(f"Check points ({cp.n}): error before correction {cp.before_px:.2f} px RMSE, "
+              f"after {cp.after_px:.2f} px RMSE (max {cp.max_after_px:.2f} px)")
+    for k, v in paths.__dict__.items():
+        if v:
+            print(f"  {k:15s} {v}")
+    print(f"Done in {seconds:.1f} s")
+
+
+def run_demo(a: argparse.Namespace) -> int:
+    from .simulate import MisregParams, OpticalParams, SarParams, SceneParams, simulate_pair
+
+    scene_dir = os.path.join(a.out, "scene")
+    os.makedirs(scene_dir, exist_ok=True)
+    print(f"Simulating a {a.size}×{a.size} px SAR/optical scene (seed {a.seed}) with a known misregistration...")
+    pair = simulate_pair(
+        scene_dir, name="demo",
+        scene=SceneParams(size=a.size, kind="mixed", seed=a.seed),
+        optical=OpticalParams(bands="rgb", bits=8),
+        sar=SarParams(incidence=35.0, look_azimuth=90.0, looks=1, output="db"),
+        misreg=MisregParams(shift=(23.4, -17.8), rotation_deg=0.15, scale=1.0005, warp_px=0.0, seed=a.seed),
+    )
+    print(f"  SAR     {pair.sar}\n  optical {pair.optical}\n  truth   {pair.truth}")
+    return run_match(pair.sar, pair.optical, os.path.join(a.out, "result"), _params(a), a.quiet,
+                     not a.no_corrected, not a.no_checkerboard, truth=pair.truth)
+
+
+def run_simulate(a: argparse.Namespace) -> int:
+    from .simulate import MisregParams, SceneParams, simulate_pair
+
+    dx, dy = (float(v) for v in a.shift.split(","))
+    pair = simulate_pair(a.out, name=f"sim_{a.seed}", scene=SceneParams(size=a.size, kind=a.kind, seed=a.seed),
+                         misreg=MisregParams(shift=(dx, dy), rotation_deg=a.rotation, seed=a.seed))
+    print(f"{pair.sar}\n{pair.optical}\n{pair.truth}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.command == "match":
+        return run_match(a.sar, a.optical, a.out, _params(a), a.quiet, not a.no_corrected,
+                         not a.no_checkerboard, truth=a.truth)
+    if a.command == "demo":
+        return run_demo(a)
+    if a.command == "simulate":
+        return run_simulate(a)
+    return 1

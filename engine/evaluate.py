@@ -1,0 +1,29 @@
+"""Error of a fitted correction against simulator ground truth (check points)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class CheckpointError:
+    n: int
+    before_px: float
+    """RMSE (SAR pixels) of the uncorrected optical georeference at the check points."""
+    after_px: float
+    """RMSE (SAR pixels) after applying the fitted transform."""
+    max_after_px: float
+
+
+def checkpoint_error(transform, truth_path: str, pixel_size: float) -> CheckpointError:
+    with open(truth_path, encoding="utf-8") as fh:
+        truth = json.load(fh)
+    cps = truth["check_points"]
+    nominal = np.array([[c["nominal_x"], c["nominal_y"]] for c in cps], float)
+    true = np.array([[c["true_x"], c["true_y"]] for c in cps], float)
+    before = np.hypot(*(nominal - true).T) / pixel_size
+    after = np.hypot(*(transform.apply(nominal) - true).T) / pixel_size
+    return CheckpointError(n=len(cps), before_px=float(np.sqrt(np.mean(before ** 2))),
+                           after_px=float(np.sqrt(np.mean(after ** 2))), max_after_px=float(after.max()))

@@ -1,0 +1,60 @@
+"""Parameters of one matching run, with the defaults a user gets from the CLI and the plugin."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+METHODS = ("structural", "ncc", "mi")
+TRANSFORMS = ("shift", "affine", "poly1", "poly2", "poly3", "tps", "projective")
+
+
+@dataclass
+class MatchParams:
+    method: str = "structural"
+    """Similarity used for template matching: 'structural' (default), 'ncc' or 'mi'."""
+    transform: str = "affine"
+    template_size: int = 128
+    search_size: int = 256
+    max_offset_px: Optional[float] = None
+    """Largest misregistration expected, in pixels of the matching grid; widens the search window."""
+    candidates: str = "structure"
+    """'structure' (corner/structure detector with spread) or 'grid'."""
+    n_target: int = 300
+    """Number of candidate locations wanted (an upper bound; spread is kept)."""
+    grid_spacing: Optional[int] = None
+    sar_scale: str = "auto"
+    """'auto', 'linear', 'amplitude', 'db' or 'dn'."""
+    sar_clip: str = "robust"
+    """'robust' (percentiles) or 'lo,hi' in dB, e.g. '10,30' as in Hughes' thesis."""
+    min_quality: float = 1.05
+    """Peaks less distinct than this (best/second-best ratio) are flagged."""
+    ransac_threshold_px: float = 2.0
+    consistency_k: int = 14
+    consistency_z: float = 1.5
+    aoi: Optional[tuple[float, float, float, float]] = None
+    aoi_crs: Optional[str] = None
+    resolution: Optional[float] = None
+    sar_band: int = 1
+    opt_bands: Optional[list[int]] = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        from .errors import InputError
+
+        if self.method not in METHODS:
+            raise InputError(f"Unknown method '{self.method}'; choose one of {', '.join(METHODS)}.")
+        if self.transform not in TRANSFORMS:
+            raise InputError(f"Unknown transform '{self.transform}'; choose one of {', '.join(TRANSFORMS)}.")
+        if self.template_size < 16 or self.template_size % 2:
+            raise InputError("The template size must be an even number of pixels, at least 16.")
+        if self.effective_search_size() <= self.template_size:
+            raise InputError("The search window must be larger than the template.")
+
+    def effective_search_size(self) -> int:
+        if self.max_offset_px is None:
+            return int(self.search_size)
+        need = self.template_size + 2 * int(round(self.max_offset_px)) + 2
+        return max(int(self.search_size), need + (need % 2))
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,308 @@
+"""Raster input: open, validate, find the overlap, and bring both layers onto one grid.
+
+Only the area of interest is read (windowed reads; GDAL's warper reads just the source blocks it
+needs), so memory scales with the AOI, not with the files. The SAR grid is the reference because the
+SAR georeference is the trusted one: the optical layer is resampled onto it using its current
+(possibly wrong) georeference, which is exactly what lets a template match measure the error.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import rasterio
+import rasterio._err
+import rasterio.errors
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.transform import Affine
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from .errors import InputError, NoOverlapError
+
+Bounds = tuple[float, float, float, float]
+
+
+@dataclass
+class RasterInfo:
+    """What we need to know about an input raster without reading its pixels."""
+
+    path: str
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    dtypes: tuple[str, ...]
+    nodata: Optional[float]
+
+    @property
+    def bounds(self) -> Bounds:
+        xs, ys = [], []
+        for c, r in ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height)):
+            x, y = self.transform * (c, r)
+            xs.append(x)
+            ys.append(y)
+        return min(xs), min(ys), max(xs), max(ys)
+
+    @property
+    def res(self) -> float:
+        """Mean pixel size in CRS units (handles rotated geotransforms)."""
+        t = self.transform
+        return float(math.sqrt(abs(t.a * t.e - t.b * t.d)))
+
+    @property
+    def north_up(self) -> bool:
+        t = self.transform
+        return t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
+
+    @property
+    def is_complex(self) -> bool:
+        return any(d.startswith("complex") for d in self.dtypes)
+
+
+@dataclass
+class Grid:
+    """A north-up pixel grid: the common frame both images are matched on."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def res(self) -> float:
+        return float(self.transform.a)
+
+    def xy(self, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Continuous pixel coords (corner convention) → map coords."""
+        t = self.transform
+        cols = np.asarray(cols, float)
+        rows = np.asarray(rows, float)
+        return t.c + cols * t.a + rows * t.b, t.f + cols * t.d + rows * t.e
+
+
+@dataclass
+class GridPair:
+    """Both images on the common grid, with validity masks and the source descriptions."""
+
+    sar: np.ndarray
+    """(H, W) float32, SAR values as stored (linear, dB or DN); invalid pixels are NaN."""
+    optical: np.ndarray
+    """(B, H, W) float32, optical bands resampled with the optical's current georeference."""
+    sar_valid: np.ndarray
+    opt_valid: np.ndarray
+    grid: Grid
+    sar_info: RasterInfo
+    opt_info: RasterInfo
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.sar_valid & self.opt_valid
+
+
+def open_raster(path: str, role: str) -> RasterInfo:
+    """Open and validate one input; ``role`` ('SAR'/'optical') makes messages specific."""
+    if not path or not os.path.exists(path):
+        raise InputError(f"The {role} raster '{path}' does not exist.")
+    if os.path.isdir(path) and not path.lower().endswith((".safe", ".zarr")):
+        raise InputError(f"The {role} raster '{path}' is a folder, not a raster file.")
+    try:
+        with rasterio.open(path) as ds:
+            info = RasterInfo(
+                path=str(path), crs=ds.crs, transform=ds.transform, width=ds.width,
+                height=ds.height, count=ds.count, dtypes=tuple(ds.dtypes), nodata=ds.nodata,
+            )
+            # Touch one block: catches truncated files early instead of mid-run.
+            ds.read(1, window=Window(0, 0, min(64, ds.width), min(64, ds.height)))
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"The {role} file '{path}' is not a readable raster ({exc}).") from exc
+    except Exception as exc:  # GDAL raises CPLE_* subclasses on truncated data
+        raise InputError(f"The {role} raster '{path}' could not be read; the file may be truncated or corrupt ({exc}).") from exc
+    if info.crs is None:
+        raise InputError(
+            f"The {role} raster '{path}' has no coordinate reference system; assign one "
+            "(Raster ▸ Projections ▸ Assign Projection, or gdal_edit.py -a_srs) and try again."
+        )
+    if info.transform == Affine.identity():
+        raise InputError(f"The {role} raster '{path}' has no geotransform (it is not georeferenced).")
+    return info
+
+
+def working_crs(sar: RasterInfo) -> CRS:
+    """The CRS matching happens in: the SAR's, unless it is geographic (then its UTM zone)."""
+    if not sar.crs.is_geographic:
+        return sar.crs
+    x0, y0, x1, y1 = transform_bounds(sar.crs, "EPSG:4326", *sar.bounds)
+    lon, lat = (x0 + x1) / 2, (y0 + y1) / 2
+    zone = int((lon + 180) // 6) + 1
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def _intersect(a: Bounds, b: Bounds) -> Optional[Bounds]:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
+def common_grid(
+    sar: RasterInfo,
+    opt: RasterInfo,
+    aoi: Optional[Bounds] = None,
+    aoi_crs: Optional[str | CRS] = None,
+    resolution: Optional[float] = None,
+    min_size: int = 0,
+) -> Grid:
+    """The SAR-aligned grid over SAR ∩ optical ∩ AOI, at the SAR (or a chosen) resolution."""
+    crs = working_crs(sar)
+    sar_b = transform_bounds(sar.crs, crs, *sar.bounds) if sar.crs != crs else sar.bounds
+    opt_b = transform_bounds(opt.crs, crs, *opt.bounds, densify_pts=21)
+    area = _intersect(sar_b, opt_b)
+    if area is None:
+        raise NoOverlapError(
+            f"The SAR raster and the optical raster do not overlap (SAR extent {_fmt(sar_b)}, "
+            f"optical extent {_fmt(opt_b)} in {crs.to_string()})."
+        )
+    if aoi is not None:
+        src_crs = CRS.from_user_input(aoi_crs) if aoi_crs is not None else sar.crs
+        aoi_b = transform_bounds(src_crs, crs, *aoi, densify_pts=21)
+        area2 = _intersect(area, aoi_b)
+        if area2 is None:
+            raise NoOverlapError(
+                f"The area of interest {_fmt(aoi_b)} lies outside the overlap of the two rasters "
+                f"{_fmt(area)} ({crs.to_string()})."
+            )
+        area = area2
+
+    native = sar.north_up and sar.crs == crs
+    res = float(resolution) if resolution else (sar.res if sar.crs == crs else _res_in(sar, crs))
+    if native and not resolution:
+        # Snap to the SAR's own pixels so the SAR is read without resampling.
+        win = from_bounds(*area, transform=sar.transform).round_offsets(op="ceil").round_lengths(op="floor")
+        col0, row0 = max(int(win.col_off), 0), max(int(win.row_off), 0)
+        w = min(int(win.width), sar.width - col0)
+        h = min(int(win.height), sar.height - row0)
+        transform = sar.transform * Affine.translation(col0, row0)
+    else:
+        transform = Affine(res, 0, area[0], 0, -res, area[3])
+        w = int(math.floor((area[2] - area[0]) / res))
+        h = int(math.floor((area[3] - area[1]) / res))
+    if w <= 0 or h <= 0 or min(w, h) < min_size:
+        raise NoOverlapError(
+            f"The overlap of the SAR and optical rasters (and the AOI) is only {max(w, 0)}×{max(h, 0)} "
+            f"pixels, smaller than one search window ({min_size} px). Choose a larger area or a smaller "
+            "search window."
+        )
+    return Grid(crs=crs, transform=transform, width=w, height=h)
+
+
+def _res_in(info: RasterInfo, crs: CRS) -> float:
+    b = transform_bounds(info.crs, crs, *info.bounds)
+    return float(math.sqrt((b[2] - b[0]) * (b[3] - b[1]) / (info.width * info.height)))
+
+
+def _fmt(b: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
+
+
+def _read_onto(info: RasterInfo, bands: Sequence[int], grid: Grid, resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` of ``info`` onto ``grid``; GDAL read errors become a specific InputError."""
+    try:
+        return _read_onto_unchecked(info, bands, grid, resampling)
+    except (rasterio.errors.RasterioError, rasterio.errors.RasterioIOError, rasterio._err.CPLE_BaseError) as exc:
+        raise InputError(
+            f"Reading '{info.path}' failed; the file may be truncated or corrupt ({exc})."
+        ) from exc
+
+
+def _read_onto_unchecked(info: RasterInfo, bands: Sequence[int], grid: Grid,
+                         resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
+    """A window read when the raster is aligned with ``grid``, GDAL warping otherwise."""
+    out = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
+    valid = np.zeros((grid.height, grid.width), dtype=bool)
+    with rasterio.open(info.path) as ds:
+        aligned = (
+            ds.crs == grid.crs and info.north_up
+            and abs(ds.transform.a - grid.transform.a) < 1e-9 * abs(grid.transform.a)
+            and abs(ds.transform.e - grid.transform.e) < 1e-9 * abs(grid.transform.a)
+        )
+        if aligned:
+            col = (grid.transform.c - ds.transform.c) / ds.transform.a
+            row = (grid.transform.f - ds.transform.f) / ds.transform.e
+            aligned = abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
+        if aligned:
+            win = Window(int(round(col)), int(round(row)), grid.width, grid.height)
+            data = ds.read(list(bands), window=win, boundless=True, fill_value=0, masked=True)
+            out[:] = np.ma.filled(data.astype(np.float32), np.nan)
+            valid = ~np.ma.getmaskarray(data).any(axis=0)
+            valid &= np.all(np.isfinite(out), axis=0)
+        else:
+            src_nodata = ds.nodata
+            for i, b in enumerate(bands):
+                reproject(
+                    source=rasterio.band(ds, b), destination=out[i],
+                    src_nodata=src_nodata, dst_nodata=np.nan,
+                    dst_transform=grid.transform, dst_crs=grid.crs, resampling=resampling,
+                    init_dest_nodata=True,
+                )
+            valid = np.all(np.isfinite(out), axis=0)
+    if info.nodata is not None and not (isinstance(info.nodata, float) and math.isnan(info.nodata)):
+        valid &= ~np.any(out == info.nodata, axis=0)
+    out[:, ~valid] = np.nan
+    return out, valid
+
+
+def load_pair(
+    sar_path: str,
+    opt_path: str,
+    aoi: Optional[Bounds] = None,
+    aoi_crs: Optional[str] = None,
+    resolution: Optional[float] = None,
+    sar_band: int = 1,
+    opt_bands: Optional[Sequence[int]] = None,
+    min_size: int = 256,
+) -> GridPair:
+    """Read the AOI of both rasters onto the common (SAR-aligned) grid."""
+    sar = open_raster(sar_path, "SAR")
+    opt = open_raster(opt_path, "optical")
+    if os.path.realpath(sar_path) == os.path.realpath(opt_path):
+        raise InputError("The SAR and the optical inputs are the same file.")
+    if sar.is_complex:
+        raise InputError(
+            f"The SAR raster '{sar_path}' holds complex values (SLC): complex SAR is not supported; "
+            "detect it first (intensity or amplitude, e.g. SNAP 'Calibrate' + 'Multilook' or "
+            "gdal_translate with the 'abs' pixel function)."
+        )
+    if not 1 <= sar_band <= sar.count:
+        raise InputError(f"SAR band {sar_band} does not exist (the SAR raster has {sar.count} band(s)).")
+    if opt_bands is None:
+        opt_bands = list(range(1, min(opt.count, 3) + 1))
+    for b in opt_bands:
+        if not 1 <= b <= opt.count:
+            raise InputError(f"Optical band {b} does not exist (the optical raster has {opt.count} band(s)).")
+
+    notes: list[str] = []
+    grid = common_grid(sar, opt, aoi, aoi_crs, resolution, min_size=min_size)
+    ratio = _res_in(opt, grid.crs) / grid.res
+    if ratio > 4 or ratio < 0.25:
+        notes.append(
+            f"The optical pixel size is {ratio:.1f}× the matching grid's ({grid.res:.3g} "
+            f"{grid.crs.linear_units or 'units'}); expect weaker matches. Consider --resolution."
+        )
+    for n in notes:
+        warnings.warn(n)
+    sar_arr, sar_valid = _read_onto(sar, [sar_band], grid, Resampling.bilinear)
+    opt_resampling = Resampling.average if ratio < 0.5 else Resampling.bilinear
+    opt_arr, opt_valid = _read_onto(opt, list(opt_bands), grid, opt_resampling)
+    return GridPair(
+        sar=sar_arr[0], optical=opt_arr, sar_valid=sar_valid, opt_valid=opt_valid, grid=grid,
+        sar_info=sar, opt_info=opt, warnings=notes,
+    )

@@ -1,0 +1,151 @@
+"""Writes a run's outputs as one all-or-nothing set.
+
+Every file goes through a temporary name and is renamed into place; if anything fails or the run is
+cancelled, the files this call already placed are removed too, so the output folder never holds a
+mix of old and new results or a half-written file. Inputs are never overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import preprocess
+from .errors import OutputError
+from .outputs.atomic import atomic_path, check_output_path
+from .outputs.checkerboard import write_checkerboard_png
+from .outputs.gpkg import write_tiepoints_gpkg
+from .outputs.points_file import write_points
+from .outputs.warp import warp_with_gcps, warp_with_transform
+from .pipeline import MatchResult
+from .progress import CancelToken, ProgressCallback
+from .raster_io import _read_onto, open_raster
+
+CHECKER_MAX = 2048
+
+
+@dataclass
+class OutputPaths:
+    points: str
+    gpkg: str
+    summary: str
+    corrected: Optional[str] = None
+    checker_before: Optional[str] = None
+    checker_after: Optional[str] = None
+
+
+def output_paths(result: MatchResult, out_dir: str, corrected: bool, checkerboard: bool) -> OutputPaths:
+    stem = os.path.splitext(os.path.basename(result.pair.opt_info.path))[0]
+    j = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    return OutputPaths(
+        points=j(f"{stem}.tif.points" if not stem.endswith(".tif") else f"{stem}.points"),
+        gpkg=j("tie_points.gpkg"), summary=j("summary.json"),
+        corrected=j(f"{stem}_corrected.tif") if corrected else None,
+        checker_before=j("checkerboard_before.png") if checkerboard else None,
+        checker_after=j("checkerboard_after.png") if (checkerboard and corrected) else None,
+    )
+
+
+def _thumb(a: np.ndarray) -> np.ndarray:
+    step = int(np.ceil(max(a.shape) / CHECKER_MAX))
+    return a[::step, ::step] if step > 1 else a
+
+
+def write_results(result: MatchResult, out_dir: str, corrected: bool = True, checkerboard: bool = True,
+                  extra_summary: Optional[dict] = None, progress: Optional[ProgressCallback] = None,
+                  cancel: Optional[CancelToken] = None) -> OutputPaths:
+    cancel = cancel or CancelToken()
+    progress = progress or (lambda f, s: None)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = output_paths(result, out_dir, corrected, checkerboard)
+    inputs = [result.pair.sar_info.path, result.pair.opt_info.path]
+    for p in asdict(paths).values():
+        if p:
+            check_output_path(p, inputs)
+    placed: list[str] = []
+    try:
+        progress(0.0, "Writing tie points")
+        write_points(paths.points, result.tieset, source_georeferenced=True)
+        placed.append(paths.points)
+        write_tiepoints_gpkg(paths.gpkg, result.tieset)
+        placed.append(paths.gpkg)
+        cancel.check()
+        if paths.checker_before:
+            write_checkerboard_png(paths.checker_before, _thumb(result.sar_unit), _thumb(result.opt_unit))
+            placed.append(paths.checker_before)
+        if paths.corrected:
+            progress(0.2, "Warping the optical raster")
+            _write_corrected(result, paths.corrected,
+                             lambda f: progress(0.2 + 0.7 * f, "Warping the optical raster"), cancel)
+            placed.append(paths.corrected)
+            if paths.checker_after:
+                after = _reread_on_grid(result, paths.corrected)
+                write_checkerboard_png(paths.checker_after, _thumb(result.sar_unit), _thumb(after))
+                placed.append(paths.checker_after)
+        summary = result.summary()
+        summary["outputs"] = {k: v for k, v in asdict(paths).items() if v}
+        if extra_summary:
+            summary.update(extra_summary)
+        with atomic_path(paths.summary) as tmp:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2, default=_json_default)
+        placed.append(paths.summary)
+        progress(1.0, "Outputs written")
+    except BaseException:
+        for p in placed:
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+        raise
+    return paths
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _write_corrected(result: MatchResult, dst: str, progress, cancel: CancelToken) -> None:
+    pair = result.pair
+    wkt = pair.grid.crs.to_wkt()
+    if pair.opt_info.crs == pair.grid.crs:
+        warp_with_transform(pair.opt_info.path, dst, result.transform, wkt, progress=progress, cancel=cancel)
+        return
+    # Optical in another CRS: the transform lives in the grid CRS, so hand GDAL GCPs sampled from it.
+    from rasterio.warp import transform as warp_transform
+
+    info = pair.opt_info
+    cols, rows = np.meshgrid(np.linspace(0, info.width, 12), np.linspace(0, info.height, 12))
+    xs, ys = info.transform * (cols.ravel(), rows.ravel())
+    gx, gy = warp_transform(info.crs, pair.grid.crs, list(xs), list(ys))
+    true_xy = result.transform.apply(np.column_stack([gx, gy]))
+    gcps = [(float(c), float(r), float(x), float(y)) for c, r, (x, y) in zip(cols.ravel(), rows.ravel(), true_xy)]
+    method = {"poly2": "poly2", "poly3": "poly3", "tps": "tps"}.get(result.params.transform, "poly1")
+    warp_with_gcps(info.path, dst, gcps, wkt, method=method, progress=progress, cancel=cancel)
+
+
+def _reread_on_grid(result: MatchResult, path: str) -> np.ndarray:
+    info = open_raster(path, "corrected optical")
+    bands = list(range(1, min(info.count, 3) + 1))
+    from rasterio.enums import Resampling
+
+    arr, valid = _read_onto(info, bands, result.pair.grid, Resampling.bilinear)
+    gray = preprocess.optical_to_gray(arr)
+    unit, _ = preprocess.optical_to_unit(gray, valid)
+    return unit
+
+
+def ensure_writable_dir(out_dir: str) -> None:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the output folder '{out_dir}': {exc.strerror}.") from exc
+    if not os.access(out_dir, os.W_OK):
+        raise OutputError(f"The output folder '{out_dir}' is not writable.")

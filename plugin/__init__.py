@@ -1,0 +1,1 @@
+"""PyQGIS adapter over the engine: dock widget, tasks, layers, export. Imports only qgis.PyQt."""
