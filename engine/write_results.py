@@ -19,7 +19,7 @@ from .outputs.atomic import atomic_path, check_output_path
 from .outputs.checkerboard import write_checkerboard_png
 from .outputs.gpkg import write_tiepoints_gpkg
 from .outputs.points_file import write_points
-from .outputs.warp import warp_with_gcps, warp_with_transform
+from .outputs.warp import warp_with_transform
 from .pipeline import MatchResult
 from .progress import CancelToken, ProgressCallback
 from .raster_io import _read_onto, open_raster
@@ -113,22 +113,9 @@ def _json_default(o):
 
 
 def _write_corrected(result: MatchResult, dst: str, progress, cancel: CancelToken) -> None:
-    pair = result.pair
-    wkt = pair.grid.crs.to_wkt()
-    if pair.opt_info.crs == pair.grid.crs:
-        warp_with_transform(pair.opt_info.path, dst, result.transform, wkt, progress=progress, cancel=cancel)
-        return
-    # Optical in another CRS: the transform lives in the grid CRS, so hand GDAL GCPs sampled from it.
-    from rasterio.warp import transform as warp_transform
-
-    info = pair.opt_info
-    cols, rows = np.meshgrid(np.linspace(0, info.width, 12), np.linspace(0, info.height, 12))
-    xs, ys = info.transform * (cols.ravel(), rows.ravel())
-    gx, gy = warp_transform(info.crs, pair.grid.crs, list(xs), list(ys))
-    true_xy = result.transform.apply(np.column_stack([gx, gy]))
-    gcps = [(float(c), float(r), float(x), float(y)) for c, r, (x, y) in zip(cols.ravel(), rows.ravel(), true_xy)]
-    method = {"poly2": "poly2", "poly3": "poly3", "tps": "tps"}.get(result.params.transform, "poly1")
-    warp_with_gcps(info.path, dst, gcps, wkt, method=method, progress=progress, cancel=cancel)
+    """Warp with the fitted transform; GDAL reprojects the GCP grid itself when the CRSs differ."""
+    wkt = result.pair.grid.crs.to_wkt()
+    warp_with_transform(result.pair.opt_info.path, dst, result.transform, wkt, progress=progress, cancel=cancel)
 
 
 def _reread_on_grid(result: MatchResult, path: str) -> np.ndarray:
