@@ -115,19 +115,66 @@ def _spacing_for(shape: tuple[int, int], margin: int, n: int) -> int:
     return max(16, int(math.sqrt(h * w / max(n, 1))))
 
 
+DESCRIPTOR_BLOCK = 1024
+"""Side of the square blocks over which structural descriptors are computed once and shared by all
+candidates inside; bounds memory (about 36 bytes per pixel of a padded block) independently of the
+scene size."""
+
+
+def _mask_or_none(m: np.ndarray) -> Optional[np.ndarray]:
+    return None if m.all() else m
+
+
 def match_candidates(sar: np.ndarray, opt: np.ndarray, points: np.ndarray, params: MatchParams,
-                     report=None) -> list[PatchMatch]:
-    """Template matching at each candidate with the chosen classical similarity."""
+                     report=None, valid: Optional[np.ndarray] = None,
+                     block: int = DESCRIPTOR_BLOCK) -> list[PatchMatch]:
+    """Template matching at each candidate with the chosen classical similarity.
+
+    The structural method computes its descriptors once per padded block rather than once per
+    window: overlapping search windows share the work, and descriptors no longer suffer from
+    window-border effects.
+    """
+    valid = np.ones(sar.shape, bool) if valid is None else valid
+    if params.method == "structural":
+        return _match_structural_blocks(sar, opt, valid, points, params, report, block)
     matcher = get_matcher(params.method)
     t2, s2 = params.template_size // 2, params.effective_search_size() // 2
     out: list[PatchMatch] = []
     for k, (r, c) in enumerate(points):
         if report is not None:
             report(k / max(len(points), 1))
-        search = sar[r - s2:r + s2, c - s2:c + s2]
-        template = opt[r - t2:r + t2, c - t2:c + t2]
-        out.append(matcher(search, template))
+        out.append(matcher(sar[r - s2:r + s2, c - s2:c + s2], opt[r - t2:r + t2, c - t2:c + t2],
+                           _mask_or_none(valid[r - s2:r + s2, c - s2:c + s2]),
+                           _mask_or_none(valid[r - t2:r + t2, c - t2:c + t2])))
     return out
+
+
+def _match_structural_blocks(sar, opt, valid, points, params, report, block) -> list[PatchMatch]:
+    from .matchers.structural import dense_descriptor, match_descriptors
+
+    t2, s2 = params.template_size // 2, params.effective_search_size() // 2
+    halo = s2 + 16  # window half-size plus the descriptor filters' support
+    h, w = sar.shape
+    keys = (points[:, 0] // block) * (w // block + 1) + points[:, 1] // block
+    out: list[Optional[PatchMatch]] = [None] * len(points)
+    done = 0
+    for key in np.unique(keys):
+        idx = np.nonzero(keys == key)[0]
+        br, bc = (points[idx[0], 0] // block) * block, (points[idx[0], 1] // block) * block
+        r0, c0 = max(br - halo, 0), max(bc - halo, 0)
+        r1, c1 = min(br + block + halo, h), min(bc + block + halo, w)
+        vb = valid[r0:r1, c0:c1]
+        ds = dense_descriptor(sar[r0:r1, c0:c1], "sar", mask=vb)
+        dt = dense_descriptor(opt[r0:r1, c0:c1], "optical", mask=vb)
+        for i in idx:
+            if report is not None:
+                report(done / max(len(points), 1))
+            r, c = points[i, 0] - r0, points[i, 1] - c0
+            out[i] = match_descriptors(ds[:, r - s2:r + s2, c - s2:c + s2], dt[:, r - t2:r + t2, c - t2:c + t2],
+                                       _mask_or_none(vb[r - s2:r + s2, c - s2:c + s2]),
+                                       _mask_or_none(vb[r - t2:r + t2, c - t2:c + t2]))
+            done += 1
+    return out  # type: ignore[return-value]
 
 
 def build_tieset(pair: GridPair, points: np.ndarray, matches: list[PatchMatch]) -> TieSet:
@@ -262,7 +309,8 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
             "choose a larger area of interest or a smaller search window."
         )
     matches = timed("Matching", match_candidates, sar, opt, points, params,
-                    report=lambda f: rep.update("Matching", f, f"Matching {int(f * len(points))}/{len(points)}"))
+                    report=lambda f: rep.update("Matching", f, f"Matching {int(f * len(points))}/{len(points)}"),
+                    valid=valid)
     tieset = build_tieset(pair, points, matches)
 
     def geometry():

@@ -87,9 +87,19 @@ class ConsoleProgressBar:
         self.min_interval = min_interval
         self._last = 0.0
         self._t0 = time.monotonic()
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_stage = ""
 
     def __call__(self, fraction: float, stage: str) -> None:
         now = time.monotonic()
+        if not self._tty:
+            # Logs and CI: one line per stage instead of carriage-return animation.
+            head = stage.split(" ")[0] if stage.startswith("Matching ") else stage
+            if head != self._last_stage:
+                self._last_stage = head
+                self.stream.write(f"[{fraction * 100:5.1f}% {now - self._t0:6.1f}s] {stage}\n")
+                self.stream.flush()
+            return
         if fraction < 1.0 and now - self._last < self.min_interval:
             return
         self._last = now

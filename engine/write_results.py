@@ -79,7 +79,7 @@ def write_results(result: MatchResult, out_dir: str, corrected: bool = True, che
         if paths.corrected:
             progress(0.2, "Warping the optical raster")
             _write_corrected(result, paths.corrected,
-                             lambda f: progress(0.2 + 0.7 * f, "Warping the optical raster"), cancel)
+                             lambda f, *_: progress(0.2 + 0.7 * f, "Warping the optical raster"), cancel)
             placed.append(paths.corrected)
             if paths.checker_after:
                 after = _reread_on_grid(result, paths.corrected)
