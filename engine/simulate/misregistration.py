@@ -1,0 +1,226 @@
+"""Optical misregistration: the map f(nominal xy) -> true xy, resampling, and ground check points.
+
+The model works in optical-pixel units around the optical image centre c (column to the right, row
+down) so that its parameters read like what a user sees in the image:
+
+    q = (col, row offsets of X from c) ;  q_true = A q + t + P(q / half_size) ;  f(X) = back to map
+
+with A = R(rotation, counter-clockwise on the map) @ diag(scale) @ [[1, shear], [0, 1]], t the shift
+and P a degree-2/3 polynomial scaled so that its largest displacement over the image is warp_px.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .params import MisregParams
+
+_EXPONENTS = [(2, 0), (1, 1), (0, 2), (3, 0), (2, 1), (1, 2), (0, 3)]
+
+
+@dataclass
+class MisregModel:
+    """Evaluable f: nominal map xy -> true map xy (see module docstring)."""
+
+    center: tuple            # (cx, cy) map coordinates of the optical image centre
+    unit: float              # metres per optical pixel
+    matrix: np.ndarray       # (2, 2) acting on (col, row) offsets
+    translation: np.ndarray  # (2,) (dcol, drow) optical pixels
+    half_size: tuple         # (half width, half height) in optical pixels, polynomial normalisation
+    poly_x: np.ndarray       # (7,) column-displacement coefficients (optical px), exponents _EXPONENTS
+    poly_y: np.ndarray       # (7,) row-displacement coefficients
+
+    @classmethod
+    def from_params(cls, p: MisregParams, center, unit: float, shape_px) -> "MisregModel":
+        a = math.radians(p.rotation_deg)
+        c, s = math.cos(a), math.sin(a)
+        # Counter-clockwise on the map (y north) is [[c, s], [-s, c]] in (col, row-down) space.
+        rot = np.array([[c, s], [-s, c]])
+        mat = rot @ np.diag([p.scale, p.scale]) @ np.array([[1.0, p.shear], [0.0, 1.0]])
+        h, w = shape_px
+        half = (w / 2.0, h / 2.0)
+        px = np.zeros(len(_EXPONENTS))
+        py = np.zeros(len(_EXPONENTS))
+        if p.warp_px > 0:
+            rng = np.random.default_rng([p.seed, 0x3A29])
+            px = rng.standard_normal(len(_EXPONENTS))
+            py = rng.standard_normal(len(_EXPONENTS))
+            gu, gv = np.meshgrid(np.linspace(-1, 1, 41), np.linspace(-1, 1, 41))
+            dx, dy = _poly(gu, gv, px, py)
+            mx = float(np.sqrt(dx * dx + dy * dy).max())
+            px *= p.warp_px / mx
+            py *= p.warp_px / mx
+        return cls(center=(float(center[0]), float(center[1])), unit=float(unit), matrix=mat,
+                   translation=np.array(p.shift, float), half_size=half, poly_x=px, poly_y=py)
+
+    def displacement_px(self, col_off: np.ndarray, row_off: np.ndarray):
+        """(dcol, drow) true minus nominal, in optical pixels, for offsets from the centre."""
+        a = self.matrix
+        tc = a[0, 0] * col_off + a[0, 1] * row_off + self.translation[0] - col_off
+        tr = a[1, 0] * col_off + a[1, 1] * row_off + self.translation[1] - row_off
+        if np.any(self.poly_x) or np.any(self.poly_y):
+            dx, dy = _poly(col_off / self.half_size[0], row_off / self.half_size[1], self.poly_x, self.poly_y)
+            tc = tc + dx
+            tr = tr + dy
+        return tc, tr
+
+    def true_xy(self, nominal_xy) -> np.ndarray:
+        """(N, 2) nominal map xy -> (N, 2) true map xy."""
+        xy = np.asarray(nominal_xy, float).reshape(-1, 2)
+        col = (xy[:, 0] - self.center[0]) / self.unit
+        row = -(xy[:, 1] - self.center[1]) / self.unit
+        dc, dr = self.displacement_px(col, row)
+        return np.column_stack([xy[:, 0] + dc * self.unit, xy[:, 1] - dr * self.unit])
+
+    def to_dict(self) -> Dict:
+        return {
+            "description": ("true_xy = f(nominal_xy): with (col, row) = ((x - cx) / unit, -(y - cy) / unit), "
+                            "(col', row') = matrix @ (col, row) + translation + sum_k coef_k * "
+                            "(col / half_w)^i * (row / half_h)^j over poly_exponents (i, j); "
+                            "true_x = cx + col' * unit, true_y = cy - row' * unit"),
+            "center": list(self.center), "unit": self.unit,
+            "matrix": self.matrix.tolist(), "translation": self.translation.tolist(),
+            "half_size": list(self.half_size), "poly_exponents": [list(e) for e in _EXPONENTS],
+            "poly_coef_col": self.poly_x.tolist(), "poly_coef_row": self.poly_y.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "MisregModel":
+        if [tuple(e) for e in d["poly_exponents"]] != _EXPONENTS:
+            raise ValueError("unsupported polynomial exponents in misregistration model")
+        return cls(center=tuple(d["center"]), unit=float(d["unit"]), matrix=np.array(d["matrix"], float),
+                   translation=np.array(d["translation"], float), half_size=tuple(d["half_size"]),
+                   poly_x=np.array(d["poly_coef_col"], float), poly_y=np.array(d["poly_coef_row"], float))
+
+
+def _poly(u, v, cx, cy):
+    dx = np.zeros_like(u, dtype=float)
+    dy = np.zeros_like(u, dtype=float)
+    for k, (i, j) in enumerate(_EXPONENTS):
+        t = u ** i * v ** j
+        dx = dx + cx[k] * t
+        dy = dy + cy[k] * t
+    return dx, dy
+
+
+def max_displacement_px(model: MisregModel, shape_px) -> float:
+    """Largest |true - nominal| over the optical image border and interior samples (optical px)."""
+    h, w = shape_px
+    cs = np.linspace(-w / 2, w / 2, 33)
+    rs = np.linspace(-h / 2, h / 2, 33)
+    cc, rr = np.meshgrid(cs, rs)
+    dc, dr = model.displacement_px(cc.ravel(), rr.ravel())
+    return float(np.sqrt(dc * dc + dr * dr).max())
+
+
+def resample_optical(img: np.ndarray, src_transform, dst_transform, dst_shape, model: MisregModel,
+                     order: int = 1) -> np.ndarray:
+    """Resample a true-grid image (bands, H, W) onto the nominal optical grid.
+
+    Output pixel p (centre, nominal map X via ``dst_transform``) takes the source value at
+    f(X); both transforms are rasterio Affines of north-up grids.
+    """
+    ho, wo = dst_shape
+    cols = (np.arange(wo, dtype=np.float64) + 0.5)
+    rows = (np.arange(ho, dtype=np.float64) + 0.5)
+    x_nom = dst_transform.c + cols * dst_transform.a            # (wo,)
+    y_nom = dst_transform.f + rows * dst_transform.e            # (ho,)
+    cx, cy = model.center
+    co = ((x_nom - cx) / model.unit)[None, :]
+    ro = (-(y_nom - cy) / model.unit)[:, None]
+    co_b, ro_b = np.broadcast_arrays(co, ro)
+    dc, dr = model.displacement_px(co_b, ro_b)
+    x_true = x_nom[None, :] + dc * model.unit
+    y_true = y_nom[:, None] - dr * model.unit
+    src_col = (x_true - src_transform.c) / src_transform.a - 0.5
+    src_row = (y_true - src_transform.f) / src_transform.e - 0.5
+    coords = np.stack([src_row, src_col]).astype(np.float32)
+    out = np.empty((img.shape[0], ho, wo), np.float32)
+    for b in range(img.shape[0]):
+        out[b] = ndi.map_coordinates(img[b], coords, order=order, mode="nearest", prefilter=order > 1)
+    return out
+
+
+@dataclass
+class CheckPoints:
+    """Ground-truth correspondences at ground level, as (N, 2) arrays."""
+
+    opt_colrow: np.ndarray   # optical pixel (col, row), corner convention (pixel centre = idx + 0.5)
+    nominal_xy: np.ndarray   # map xy the optical georeference gives that pixel
+    true_xy: np.ndarray      # where that ground point really is
+    sar_colrow: np.ndarray   # the SAR pixel (col, row) of true_xy
+
+    def __len__(self) -> int:
+        return len(self.opt_colrow)
+
+    def to_list(self):
+        return [{"opt_col": float(o[0]), "opt_row": float(o[1]), "nominal_x": float(n[0]),
+                 "nominal_y": float(n[1]), "true_x": float(t[0]), "true_y": float(t[1]),
+                 "sar_col": float(s[0]), "sar_row": float(s[1])}
+                for o, n, t, s in zip(self.opt_colrow, self.nominal_xy, self.true_xy, self.sar_colrow)]
+
+    @classmethod
+    def from_list(cls, items) -> "CheckPoints":
+        def arr(a, b):
+            return np.array([[it[a], it[b]] for it in items], float).reshape(-1, 2)
+        return cls(arr("opt_col", "opt_row"), arr("nominal_x", "nominal_y"), arr("true_x", "true_y"),
+                   arr("sar_col", "sar_row"))
+
+
+def pick_check_points(model: MisregModel, opt_transform, opt_shape, sar_transform, sar_shape,
+                      ndsm: np.ndarray, rng: np.random.Generator, n_min: int = 50,
+                      border_px: int = 8, ground_m: float = 0.5) -> CheckPoints:
+    """Spread >= n_min points over the optical image whose true ground is level (no roof / canopy /
+    bridge within one SAR pixel) and inside the SAR image."""
+    ho, wo = opt_shape
+    hs, ws = sar_shape
+    # Elevated pixels grown by one pixel so points are not on object edges either.
+    elev = ndsm > ground_m
+    grown = elev.copy()
+    grown[1:] |= elev[:-1]
+    grown[:-1] |= elev[1:]
+    grown[:, 1:] |= elev[:, :-1]
+    grown[:, :-1] |= elev[:, 1:]
+    for n_side in (10, 13, 17, 24):
+        pts = []
+        edges_c = np.linspace(border_px, wo - border_px, n_side + 1)
+        edges_r = np.linspace(border_px, ho - border_px, n_side + 1)
+        for i in range(n_side):
+            for j in range(n_side):
+                c = rng.integers(int(edges_c[j]), max(int(edges_c[j + 1]), int(edges_c[j]) + 1), 24)
+                r = rng.integers(int(edges_r[i]), max(int(edges_r[i + 1]), int(edges_r[i]) + 1), 24)
+                oc, orow = c + 0.5, r + 0.5
+                nx = opt_transform.c + oc * opt_transform.a
+                ny = opt_transform.f + orow * opt_transform.e
+                txy = model.true_xy(np.column_stack([nx, ny]))
+                sc = (txy[:, 0] - sar_transform.c) / sar_transform.a
+                sr = (txy[:, 1] - sar_transform.f) / sar_transform.e
+                ic, ir = np.floor(sc).astype(int), np.floor(sr).astype(int)
+                inside = (ic >= 2) & (ic < ws - 2) & (ir >= 2) & (ir < hs - 2)
+                ok = np.zeros(len(c), bool)
+                ok[inside] = ~grown[ir[inside], ic[inside]]
+                k = np.flatnonzero(ok)
+                if k.size:
+                    k = k[0]
+                    pts.append(((oc[k], orow[k]), (nx[k], ny[k]), tuple(txy[k]), (sc[k], sr[k])))
+        if len(pts) >= n_min:
+            break
+    arr = [np.array([p[i] for p in pts], float).reshape(-1, 2) for i in range(4)]
+    return CheckPoints(*arr)
+
+
+def margin_px(model: MisregModel, opt_shape, opt_gsd: float, sar_gsd: float, order: int) -> int:
+    """Scene pixels needed around the SAR extent so every optical pixel samples rendered ground."""
+    d = max_displacement_px(model, opt_shape) * opt_gsd / sar_gsd
+    return int(math.ceil(d)) + 3 + (2 if order > 1 else 0)
+
+
+def describe(p: Optional[MisregParams]) -> str:
+    if p is None:
+        return "none"
+    return (f"shift=({p.shift[0]:+.2f}, {p.shift[1]:+.2f}) px, rot={p.rotation_deg:+.3f} deg, "
+            f"scale={p.scale:.5f}, shear={p.shear:+.5f}, warp={p.warp_px:.2f} px")
