@@ -20,3 +20,11 @@ def install_hint(missing: list[str]) -> str:
         + " ".join(f"python3-{p}" for p in missing)
         + f" ; elsewhere, from the OSGeo4W shell or a terminal: python3 -m pip install --user {pkgs}"
     )
+
+
+def deep_models(plugin_dir: str) -> list[str]:
+    """The bundled ONNX models of the deep pipeline (empty until they are installed in models/)."""
+    import glob
+    import os
+
+    return sorted(glob.glob(os.path.join(plugin_dir, "models", "*.onnx")))

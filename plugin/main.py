@@ -1,60 +1,104 @@
-"""The plugin object QGIS creates: registers the menu action and the dock, and cleans up on unload."""
+"""The plugin object QGIS creates: the menu/toolbar action, the dock and the Processing provider.
+
+Engine-dependent modules are imported only after the dependency check passes, so a QGIS whose Python
+lacks rasterio or scipy still loads the plugin and shows the exact install command instead of an
+import traceback.
+"""
 from __future__ import annotations
 
 import os
 
+from qgis.core import Qgis, QgsApplication
+from qgis.gui import QgsDockWidget
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QDockWidget, QLabel, QVBoxLayout, QWidget
+from qgis.PyQt.QtWidgets import QAction, QLabel, QVBoxLayout, QWidget
 
 from .dependencies import install_hint, missing_packages
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MENU = "&SAR-Optical Matcher"
+TITLE = "SAR-Optical Matcher"
 
 
 class SarOpticalMatcherPlugin:
-    """Minimal shell: the dock explains the current state; matching runs from the engine CLI for now."""
-
     def __init__(self, iface) -> None:
         self.iface = iface
         self.action: QAction | None = None
-        self.dock: QDockWidget | None = None
+        self.dock: QgsDockWidget | None = None
+        self.provider = None
+
+    # ------------------------------------------------------------------ QGIS hooks
+    def initProcessing(self) -> None:  # noqa: N802 - QGIS API
+        """Register the Processing provider (QGIS calls this for plugins with hasProcessingProvider=yes)."""
+        if self.provider is not None or missing_packages():
+            return
+        from .provider import MatcherProvider
+
+        self.provider = MatcherProvider(PLUGIN_DIR)
+        QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:  # noqa: N802 - QGIS API
         icon = QIcon(os.path.join(PLUGIN_DIR, "resources", "icon.svg"))
-        self.action = QAction(icon, "SAR-Optical Matcher", self.iface.mainWindow())
+        self.action = QAction(icon, TITLE, self.iface.mainWindow())
+        self.action.setObjectName("SarOpticalMatcherAction")
+        self.action.setToolTip("Match an optical raster to a SAR raster and correct its georeference")
         self.action.setCheckable(True)
         self.action.toggled.connect(self._toggle_dock)
         self.iface.addRasterToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
-
-    def _toggle_dock(self, checked: bool) -> None:
-        if self.dock is None:
-            self.dock = QDockWidget("SAR-Optical Matcher", self.iface.mainWindow())
-            self.dock.setObjectName("SarOpticalMatcherDock")
-            body = QWidget()
-            layout = QVBoxLayout(body)
-            missing = missing_packages()
-            text = install_hint(missing) if missing else (
-                "The engine is installed. Run matching with: python -m engine match --sar SAR.tif "
-                "--optical OPT.tif --out DIR (the Match layers panel is under construction)."
-            )
-            label = QLabel(text)
-            label.setWordWrap(True)
-            layout.addWidget(label)
-            layout.addStretch(1)
-            self.dock.setWidget(body)
-            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
-        self.dock.setVisible(checked)
+        self.initProcessing()
 
     def unload(self) -> None:
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+        if self.dock is not None:
+            if hasattr(self.dock, "shutdown"):
+                self.dock.shutdown()
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
         if self.action is not None:
             self.iface.removePluginRasterMenu(MENU, self.action)
             self.iface.removeRasterToolBarIcon(self.action)
             self.action.deleteLater()
             self.action = None
-        if self.dock is not None:
-            self.iface.removeDockWidget(self.dock)
-            self.dock.deleteLater()
-            self.dock = None
+
+    # ------------------------------------------------------------------ dock
+    def _toggle_dock(self, checked: bool) -> None:
+        if self.dock is None:
+            if not checked:
+                return
+            self.dock = self._make_dock()
+            self.dock.closed.connect(lambda: self.action is not None and self.action.setChecked(False))
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+        if checked:
+            self.dock.show()
+            self.dock.raise_()
+        else:
+            self.dock.hide()
+
+    def _make_dock(self) -> QgsDockWidget:
+        missing = missing_packages()
+        if missing:
+            return self._missing_dock(missing)
+        from .dock import MatcherDock
+
+        return MatcherDock(self.iface, PLUGIN_DIR, self.iface.mainWindow())
+
+    def _missing_dock(self, missing: list[str]) -> QgsDockWidget:
+        hint = install_hint(missing)
+        self.iface.messageBar().pushMessage(TITLE, hint, Qgis.MessageLevel.Warning, 0)
+        dock = QgsDockWidget(TITLE, self.iface.mainWindow())
+        dock.setObjectName("SarOpticalMatcherDock")
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        label = QLabel(hint)
+        label.setObjectName("installHint")
+        label.setWordWrap(True)
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(label)
+        layout.addStretch(1)
+        dock.setWidget(body)
+        return dock

@@ -89,7 +89,11 @@ def materials(scene: Scene) -> np.ndarray:
     return m
 
 
-def reflectance(scene: Scene, rng: np.random.Generator, texture: float = 1.0, nir: bool = True) -> np.ndarray:
+_DRY = {LC.GRASS: (0.21, 0.19, 0.14, 0.27), LC.CROP: (0.24, 0.21, 0.16, 0.28), LC.TREE: (0.08, 0.085, 0.065, 0.17)}
+
+
+def reflectance(scene: Scene, rng: np.random.Generator, texture: float = 1.0, nir: bool = True,
+                greenness: float = 1.0) -> np.ndarray:
     """(4, H, W) surface reflectance R, G, B, NIR (3 bands without ``nir``) with per-object
     variation and texture. The grain is white: the sensor PSF applied later correlates it."""
     h, w = scene.shape
@@ -115,6 +119,15 @@ def reflectance(scene: Scene, rng: np.random.Generator, texture: float = 1.0, ni
     out = np.empty((nb, h, w), np.float32)
     for b in range(nb):
         out[b] = _COLOURS[b][var] * tex * tint[b][kt]
+    dry = float(np.clip(1.0 - greenness, 0.0, 1.0))
+    if dry > 0:
+        for m, col in _DRY.items():
+            sel = mat == m
+            if not sel.any():
+                continue
+            for b in range(nb):
+                o = out[b]
+                o[sel] = o[sel] * (1 - dry) + np.float32(col[b] * dry) * tex[sel]
     # Cars and small rooftop objects: random bright / dark / coloured specks.
     cl = scene.clutter
     if cl.any():
@@ -228,7 +241,7 @@ def render_optical_clean(scene: Scene, p: OpticalParams, rng: np.random.Generato
                          psf_sigma_px: Optional[float] = None) -> np.ndarray:
     """Noise-free display image (bands, H, W) in [0, 1] on the scene grid, PSF applied."""
     nir = p.bands == "pan"
-    refl = reflectance(scene, rng, p.texture, nir=nir)
+    refl = reflectance(scene, rng, p.texture, nir=nir, greenness=p.greenness)
     ill = illumination(scene, p, refl.shape[0])
     refl *= ill
     refl = relief_displace(refl, scene, p, rng)

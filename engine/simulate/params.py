@@ -94,6 +94,9 @@ class OpticalParams:
     texture: float = 1.0
     """Scale of within-class variation (per-object colour/brightness, grain, patches, crop rows);
     0 gives homogeneous classes, handy to isolate geometry."""
+    greenness: float = 1.0
+    """Vegetation vigour: 1 = lush temperate summer, 0 = dry / arid (straw grass, brown fields,
+    grey-green shrubby trees)."""
 
     def __post_init__(self) -> None:
         if self.bits not in (8, 16):

@@ -53,7 +53,8 @@ def random_params(rng: np.random.Generator, size: int = 512, kind: Optional[str]
     opt = OpticalParams(sun_azimuth=float(rng.uniform(100, 260)), sun_elevation=float(rng.uniform(20, 70)),
                         off_nadir=off, off_nadir_azimuth=float(rng.uniform(0, 360)),
                         blur_sigma=float(rng.uniform(0.4, 1.2)), noise_std=float(rng.uniform(0.003, 0.02)),
-                        bands=bands or ("rgb" if rng.random() < 0.6 else "pan"), haze=float(rng.uniform(0.0, 0.08)))
+                        bands=bands or ("rgb" if rng.random() < 0.6 else "pan"), haze=float(rng.uniform(0.0, 0.08)),
+                        greenness=float(np.clip(rng.uniform(-0.2, 1.3), 0.0, 1.0)))
     return sp, opt, sar
 
 

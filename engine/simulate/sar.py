@@ -55,7 +55,7 @@ _POL = {
                floor=0.0),
     "VH": dict(mat={LC.WATER: -6.0, LC.ROAD: -7.0, LC.PAVED: -8.0, LC.BARE: -7.5, LC.GRASS: -6.5,
                     LC.CROP: -6.0, LC.TREE: -6.0, LC.BUILDING: -8.0, M_SUBURB_ROOF: -8.0, M_POOL: -6.0},
-               wall=-7.0, roof=-8.0, dbl=-11.0, point=-6.0, floor=-3.0),
+               wall=-5.0, roof=-7.0, dbl=-7.0, point=-4.0, floor=-3.0),
 }
 
 

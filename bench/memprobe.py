@@ -1,0 +1,36 @@
+"""``python -m bench.memprobe SAR OPT METHOD [N_TARGET]``: one pipeline run, prints JSON with peak RSS.
+
+Runs in its own interpreter so ``ru_maxrss`` measures this pipeline run only (not the benchmark
+process, which holds test pairs and results).
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    sar, opt, method = argv[:3]
+    n_target = int(argv[3]) if len(argv) > 3 else 300
+    from engine.params import MatchParams
+    from engine.pipeline import match_pair
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    t0 = time.perf_counter()
+    out: dict = {"method": method}
+    try:
+        res = match_pair(sar, opt, MatchParams(method=method, n_target=n_target))
+        out.update(seconds=time.perf_counter() - t0, timings=res.timings, n_inliers=res.stats.n_inliers,
+                   grid=[res.pair.grid.height, res.pair.grid.width], error="")
+    except Exception as exc:  # report what happened, the caller records it
+        out.update(seconds=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}"[:300])
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["import_rss_mb"] = base
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,101 @@
+"""Registry of patch-level methods: our matchers and the external peers behind one call shape.
+
+Why a registry: every table in the report iterates over it, so a new method (e.g. the deep networks
+of a later issue) slots in by adding one ``PatchMethod`` here — no table or metric code changes.
+
+Call shape: ``fn(search SxS, template TxT) -> PatchOutcome`` with inputs in [0, 1]. ``keep`` is the
+method's *own* reliability filter (what the method would hand to the geometry stage), used for the
+"kept" metrics; it never sees the truth.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass
+class PatchOutcome:
+    offset: tuple[float, float]
+    """Predicted (drow, dcol); NaN when the method gave no answer."""
+    quality: float = math.nan
+    keep: bool = False
+    """The method's own filter accepted this match."""
+    error: str = ""
+
+
+@dataclass
+class PatchMethod:
+    name: str
+    label: str
+    kind: str
+    """'ours' or 'peer' (or 'deep' later)."""
+    fn: Callable[[np.ndarray, np.ndarray], PatchOutcome]
+    filter_desc: str
+
+
+def _engine_method(name: str) -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
+    from engine.matchers import get_matcher
+    from engine.params import MatchParams
+
+    match = get_matcher(name)
+    min_q = MatchParams().min_quality
+
+    def run(search: np.ndarray, template: np.ndarray) -> PatchOutcome:
+        try:
+            m = match(search, template)
+        except Exception as exc:  # a crash is a result too
+            return PatchOutcome((math.nan, math.nan), error=f"{type(exc).__name__}: {exc}")
+        radius = (search.shape[0] - template.shape[0]) // 2
+        on_edge = max(abs(m.peak[0]), abs(m.peak[1])) >= radius
+        q = float(m.quality)
+        return PatchOutcome((float(m.offset[0]), float(m.offset[1])), q, bool(q >= min_q and not on_edge))
+
+    return run
+
+
+def _peer(module_name: str) -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
+    import importlib
+
+    mod = importlib.import_module(f"bench.peers.{module_name}")
+    keep_fn = getattr(mod, "patch_keep", None)
+
+    def run(search: np.ndarray, template: np.ndarray) -> PatchOutcome:
+        r = mod.match_patch(search, template)
+        ok = bool(np.all(np.isfinite(r.offset)))
+        keep = ok and (keep_fn(r) if keep_fn else True)
+        return PatchOutcome(r.offset, r.quality, keep, r.error)
+
+    return run
+
+
+def available_methods(names: Optional[list[str]] = None) -> tuple[list[PatchMethod], dict[str, str]]:
+    """The requested methods that can run here, and {name: reason} for those that cannot."""
+    from engine.params import MatchParams
+
+    q = MatchParams().min_quality
+    all_specs = [
+        ("ncc", "NCC (ours)", "ours", lambda: _engine_method("ncc"), f"peak quality >= {q}, not on the window edge"),
+        ("mi", "MI (ours)", "ours", lambda: _engine_method("mi"), f"peak quality >= {q}, not on the window edge"),
+        ("structural", "Structural (ours)", "ours", lambda: _engine_method("structural"),
+         f"peak quality >= {q}, not on the window edge"),
+        ("sift_ransac", "SIFT+RANSAC (OpenCV)", "peer", lambda: _peer("opencv_sift"), ">= 3 RANSAC inliers"),
+        ("arosics", "AROSICS COREG", "peer", lambda: _peer("arosics_peer"), "reliability >= 60 %"),
+    ]
+    out: list[PatchMethod] = []
+    missing: dict[str, str] = {}
+    for name, label, kind, factory, filt in all_specs:
+        if names and name not in names:
+            continue
+        try:
+            out.append(PatchMethod(name, label, kind, factory(), filt))
+        except Exception as exc:
+            missing[name] = f"{type(exc).__name__}: {exc}"
+    return out, missing
+
+
+METHOD_ORDER = ("ncc", "mi", "structural", "sift_ransac", "arosics")
+REFERENCE_METHOD = "ncc"
+"""Speed ratios ("computational units") are relative to this method."""

@@ -1,0 +1,105 @@
+"""Bridges between QGIS layers and the file paths the engine works on, and result-layer handling.
+
+The engine reads files with rasterio/GDAL, so a layer is usable only when its GDAL provider points at
+a file (or a /vsi path): web services and memory rasters are refused with a clear message instead of
+failing deep inside the engine.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+from qgis.core import (
+    QgsDistanceArea,
+    QgsLayerTreeGroup,
+    QgsMapLayer,
+    QgsPointXY,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+    QgsUnitTypes,
+    QgsVectorLayer,
+)
+
+RESOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources")
+TIE_STYLE = os.path.join(RESOURCES, "tie_points.qml")
+ARROW_STYLE = os.path.join(RESOURCES, "displacements.qml")
+GROUP_PREFIX = "SAR-Optical Matcher"
+
+
+class LayerError(ValueError):
+    """A layer cannot be used as an engine input; ``str()`` is the user message."""
+
+
+def raster_path(layer: Optional[QgsMapLayer], role: str) -> str:
+    """The file a raster layer reads, or ``LayerError`` explaining why it has none."""
+    if layer is None:
+        raise LayerError(f"Choose a {role} raster layer.")
+    if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+        raise LayerError(f"The {role} layer '{layer.name()}' is not a valid raster layer.")
+    if layer.providerType() != "gdal":
+        raise LayerError(f"The {role} layer '{layer.name()}' comes from the '{layer.providerType()}' provider; "
+                         "only file-based (GDAL) rasters can be matched. Save it as a GeoTIFF first.")
+    parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    path = parts.get("path") or layer.source()
+    if not (path.startswith("/vsi") or os.path.exists(path)):
+        raise LayerError(f"The {role} layer '{layer.name()}' reads '{path}', which is not a file on disk.")
+    return path
+
+
+def pixel_size_m(layer: QgsRasterLayer) -> float:
+    """Ground size of one raster pixel in metres (ellipsoidal for geographic CRSs)."""
+    res = abs(layer.rasterUnitsPerPixelX()) or 1.0
+    crs = layer.crs()
+    if not crs.isGeographic():
+        f = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceUnit.DistanceMeters)
+        return res * (f if f and math.isfinite(f) else 1.0)
+    d = QgsDistanceArea()
+    d.setSourceCrs(crs, QgsProject.instance().transformContext())
+    d.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030")
+    c = layer.extent().center()
+    m = d.measureLine(QgsPointXY(c.x(), c.y()), QgsPointXY(c.x() + res, c.y()))
+    return m if m > 0 else res * 111320.0
+
+
+def results_group(title: str) -> QgsLayerTreeGroup:
+    """A fresh group at the top of the layer tree for one run's layers."""
+    root = QgsProject.instance().layerTreeRoot()
+    return root.insertGroup(0, f"{GROUP_PREFIX} – {title}")
+
+
+def add_to_group(group: QgsLayerTreeGroup, layer: QgsMapLayer, index: int = -1) -> None:
+    QgsProject.instance().addMapLayer(layer, False)
+    if index < 0:
+        group.addLayer(layer)
+    else:
+        group.insertLayer(index, layer)
+
+
+def load_tie_layers(gpkg: str, title: str) -> tuple[QgsVectorLayer, QgsVectorLayer, QgsLayerTreeGroup]:
+    """Add the run's tie points and displacement arrows (styled from resources/) in their own group."""
+    ties = QgsVectorLayer(f"{gpkg}|layername=tie_points", "Tie points", "ogr")
+    arrows = QgsVectorLayer(f"{gpkg}|layername=displacements", "Displacements (optical → SAR)", "ogr")
+    if not ties.isValid() or not arrows.isValid():
+        raise LayerError(f"The tie-point GeoPackage '{gpkg}' could not be opened by QGIS.")
+    ties.loadNamedStyle(TIE_STYLE)
+    arrows.loadNamedStyle(ARROW_STYLE)
+    group = results_group(title)
+    add_to_group(group, ties)
+    add_to_group(group, arrows)
+    group.setExpanded(True)
+    return ties, arrows, group
+
+
+def insert_above(layer: QgsMapLayer, reference: Optional[QgsMapLayer]) -> None:
+    """Add ``layer`` to the project directly above ``reference`` in the layer tree (top if none)."""
+    project = QgsProject.instance()
+    root = project.layerTreeRoot()
+    node = root.findLayer(reference.id()) if reference is not None else None
+    project.addMapLayer(layer, False)
+    if node is None:
+        root.insertLayer(0, layer)
+        return
+    parent = node.parent()
+    parent.insertLayer(parent.children().index(node), layer)

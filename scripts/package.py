@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Build the "Install from ZIP" archive of the QGIS plugin.
+
+QGIS installs a plugin ZIP by extracting its single top-level folder into the profile's plugin folder,
+and that folder name becomes the Python package name, so everything goes under
+``sar_optical_matcher/``. Only what runs inside QGIS is shipped: the engine, the plugin adapter,
+resources, the bundled models with their card, metadata, licence and readme. Tests, benchmarks,
+training code, docs and development files stay out. The archive is reproducible (sorted entries,
+fixed timestamps), so two builds of the same tree are byte-identical.
+
+Usage: python3 scripts/package.py [--root REPO] [--out dist]   (stdlib only)
+"""
+from __future__ import annotations
+
+import argparse
+import configparser
+import fnmatch
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+PLUGIN_FOLDER = "sar_optical_matcher"
+TOP_FILES = ("metadata.txt", "__init__.py")
+TOP_OPTIONAL = ("LICENSE", "LICENSE.txt", "LICENSE.md", "README.md", "README.txt", "CHANGELOG.md")
+TREES = ("engine", "plugin", "resources")
+MODEL_PATTERNS = ("*.onnx", "MODEL_CARD.md", "*.sha256", "checksums.json", "manifest.json")
+EXCLUDE = ("__pycache__", "*.pyc", "*.pyo", ".*", "CONTEXT_PLACEHOLDER.md", "*.orig", "*.rej", "*~",
+           "*.aux.xml", "training", "tests", "bench", "docs")
+ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+
+
+def _excluded(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pat) for pat in EXCLUDE)
+
+
+def collect(root: Path) -> list[tuple[Path, str]]:
+    """(file on disk, path inside the archive) pairs, sorted by archive path."""
+    files: list[tuple[Path, str]] = []
+    for name in TOP_FILES:
+        if not (root / name).is_file():
+            raise SystemExit(f"error: {root / name} is missing; is --root the plugin repository?")
+        files.append((root / name, name))
+    files += [(root / n, n) for n in TOP_OPTIONAL if (root / n).is_file()]
+    for tree in TREES:
+        base = root / tree
+        if not base.is_dir():
+            raise SystemExit(f"error: {base} is missing")
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if not _excluded(d))
+            for fn in sorted(filenames):
+                if not _excluded(fn):
+                    p = Path(dirpath) / fn
+                    files.append((p, p.relative_to(root).as_posix()))
+    models = root / "models"
+    if models.is_dir():
+        for p in sorted(models.iterdir()):
+            if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in MODEL_PATTERNS):
+                files.append((p, f"models/{p.name}"))
+    return sorted(files, key=lambda t: t[1])
+
+
+def version(root: Path) -> str:
+    cp = configparser.ConfigParser()
+    cp.read(root / "metadata.txt", encoding="utf-8")
+    return cp["general"]["version"].strip()
+
+
+def build(root: Path, out_dir: Path) -> Path:
+    root = root.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{PLUGIN_FOLDER}-{version(root)}.zip"
+    tmp = target.with_suffix(".zip.part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for src, rel in collect(root):
+            info = zipfile.ZipInfo(f"{PLUGIN_FOLDER}/{rel}", ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (0o755 if os.access(src, os.X_OK) else 0o644) << 16
+            zf.writestr(info, src.read_bytes())
+    os.replace(tmp, target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(Path(__file__).resolve().parents[1]), help="repository root")
+    ap.add_argument("--out", default="dist", help="output folder (default: dist)")
+    a = ap.parse_args(argv)
+    path = build(Path(a.root), Path(a.out))
+    with zipfile.ZipFile(path) as zf:
+        n = len(zf.namelist())
+    print(f"{path} ({n} files, {path.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

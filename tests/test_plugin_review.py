@@ -1,0 +1,304 @@
+"""A full Match run from the dock (one per module, in a QgsTask), then everything done with its result:
+summary, result layers and styles, the review table, status toggles with live residuals, Delete
+flagged with undo, .points/VRT export, the corrected layer, and saving the edits."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from osgeo import gdal, ogr, osr
+from qgis.core import Qgis, QgsProject
+from qgis.PyQt.QtCore import QItemSelectionModel, Qt
+
+from plugin_helpers import (
+    add_raster,
+    clear_project,
+    open_plugin,
+    process_events,
+    reset_settings,
+    scene,
+    wait_until,
+)
+
+from engine.outputs.gpkg import FIELDS, read_tiepoints_gpkg
+from engine.outputs.points_file import read_points
+
+PIXEL = 2.5
+
+
+def _md5(path: str) -> str:
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(qgis_iface, tmp_path_factory):
+    reset_settings()
+    qgis_iface.messageBar().clear_messages()
+    plugin = open_plugin(qgis_iface)
+    sc = scene()
+    d = plugin.dock
+    sar, opt = add_raster(sc.sar, "SAR"), add_raster(sc.optical, "Optical")
+    d.sar_combo.setLayer(sar)
+    d.opt_combo.setLayer(opt)
+    out = tmp_path_factory.mktemp("match") / "results"
+    d.out_dir.setFilePath(str(out))
+    hashes = {p: _md5(p) for p in (sc.sar, sc.optical)}
+    task = d.run_match()
+    assert task is not None
+    gap = wait_until(lambda: not d.busy, 120)
+    assert d.session is not None, qgis_iface.messageBar().get_messages(Qgis.Critical)
+    ns = SimpleNamespace(plugin=plugin, dock=d, task=task, gap=gap, out=out, scene=sc, hashes=hashes,
+                         sar_id=sar.id(), opt_id=opt.id(), iface=qgis_iface)
+    del sar, opt
+    yield ns
+    plugin.unload()
+    clear_project()
+
+
+@pytest.fixture
+def session(run):
+    """The review session, with its edits rolled back after each test."""
+    s = run.dock.session
+    yield s
+    if s.ties.isEditable():
+        s.ties.rollBack()
+    process_events(0.02)
+
+
+def _affine_residuals(feats) -> np.ndarray:
+    """Independent check of the live refit: least-squares affine on the inliers (numpy only)."""
+    src = np.array([[f["opt_x"], f["opt_y"]] for f in feats], float)
+    dst = np.array([[f["sar_x"], f["sar_y"]] for f in feats], float)
+    inl = np.array([f["status"] == "inlier" for f in feats])
+    c = src[inl].mean(axis=0)
+    A = np.column_stack([np.ones(len(src)), src - c])
+    coef, *_ = np.linalg.lstsq(A[inl], dst[inl], rcond=None)
+    return np.hypot(*(A @ coef - dst).T) / PIXEL
+
+
+def _layer_residuals(layer) -> dict:
+    return {f.id(): f["residual_px"] for f in layer.getFeatures()}
+
+
+def test_full_run_summary_matches_the_engine(run):
+    d, task = run.dock, run.task
+    assert run.gap < 0.5, f"the GUI thread was blocked for {run.gap:.2f} s during the run"
+    summary = json.load(open(task.paths.summary, encoding="utf-8"))
+    assert os.path.dirname(task.paths.gpkg) == task.run_dir and task.run_dir.startswith(str(run.out))
+    assert d.summary["candidates"].text() == str(summary["candidates"])
+    assert d.summary["matched"].text() == str(summary["matched"])
+    assert d.summary["inliers"].text() == str(summary["inliers"])
+    assert d.summary["flagged"].text() == str(summary["flagged"])
+    assert summary["matched"] >= 20 and summary["inliers"] >= 8
+    assert d.summary["rmse"].text() == f"{summary['rmse_px']:.2f} px"
+    dx, dy = summary["shift_m"]
+    assert d.summary["shift"].text().startswith(f"{np.hypot(dx, dy):.1f} m = ")
+    assert d.summary["shift"].text().endswith(f"(E {dx:.1f}, N {dy:.1f} m)")
+    assert d.summary["time"].text().endswith(" s") and d.stage.text().startswith("Done in")
+    assert d.tabs.currentIndex() == 1                     # switched to the review tab
+    # The simulated misregistration is (6.5, -4) px = 16 m east, 10 m north; the engine must see it.
+    assert 8 < dx < 35 and 4 < dy < 16
+    ok = run.iface.messageBar().get_messages(Qgis.Success)
+    assert any(f"{summary['inliers']} inliers" in m for m in ok)
+    # The checkerboard quick-look is written; the corrected raster is left to "Create corrected layer".
+    assert sorted(os.listdir(task.run_dir)) == sorted(
+        ["tie_points.gpkg", "summary.json", "checkerboard_before.png", os.path.basename(task.paths.points)])
+
+
+def test_result_layers_attributes_and_styles(run, session):
+    ties, arrows, res = session.ties, session.arrows, run.task.result
+    root = QgsProject.instance().layerTreeRoot()
+    group = root.children()[0]
+    assert group.name() == "SAR-Optical Matcher – Optical"
+    assert [n.layer() for n in group.children()] == [ties, arrows]
+    assert ties.source().startswith(run.task.paths.gpkg) and "layername=tie_points" in ties.source()
+    assert set(FIELDS) <= set(ties.fields().names())
+    assert ties.featureCount() == res.stats.n_matched == len(res.tieset.points)
+    engine = {p.id: p for p in res.tieset.points}
+    for f in ties.getFeatures():
+        p = engine[f["id"]]
+        assert f["status"] == p.status and f["flag_reason"] == p.flag_reason
+        assert f["sar_x"] == pytest.approx(p.sar_x) and f["opt_row"] == pytest.approx(p.opt_row)
+        assert f["residual_px"] == pytest.approx(p.residual_px)
+        assert f["disp_m"] == pytest.approx(np.hypot(p.dx, p.dy))
+        assert f.geometry().asPoint().x() == pytest.approx(p.sar_x)
+    r = ties.renderer()
+    assert r.type() == "categorizedSymbol" and r.classAttribute() == "status"
+    colours = {c.value(): c.symbol().color().name() for c in r.categories()}
+    assert colours == {"inlier": "#1a9641", "flagged": "#d7191c"}
+    a = arrows.renderer()
+    assert a.classAttribute() == "status"
+    assert {c.symbol().symbolLayer(0).layerType() for c in a.categories()} == {"ArrowLine"}
+    assert arrows.featureCount() == ties.featureCount()
+    for f in arrows.getFeatures():
+        p = engine[f["id"]]
+        line = f.geometry().asPolyline()
+        ends = (line[0].x(), line[0].y(), line[1].x(), line[1].y())
+        assert ends == pytest.approx((p.opt_x, p.opt_y, p.sar_x, p.sar_y))
+        assert f["status"] == p.status
+
+
+def test_review_table_lists_and_selects_points(run, session):
+    d = run.dock
+    assert d.model.rowCount() == session.ties.featureCount()
+    shown = [d.proxy.index(i, 2).data(Qt.UserRole) for i in range(d.proxy.rowCount())]
+    assert shown == sorted(shown, reverse=True)           # worst residual first
+    d.table.selectionModel().select(d.proxy.index(0, 0), QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+    fid = d.model.fid(d.proxy.mapToSource(d.proxy.index(0, 0)).row())
+    assert session.ties.selectedFeatureIds() == [fid]
+    flagged = [r for r in d.model.rows if r["status"] == "flagged"]
+    assert len(flagged) == run.task.result.stats.n_flagged and all(r["reason"] for r in flagged)
+
+
+def test_toggle_recomputes_residuals_live_and_undo_restores(run, session):
+    d, ties = run.dock, session.ties
+    before = _layer_residuals(ties)
+    rmse_before = d.summary["rmse"].text()
+    feats = list(ties.getFeatures())
+    inl = [f for f in feats if f["status"] == "inlier"]
+    target = max(inl, key=lambda f: f["residual_px"])     # the reviewer distrusts the worst inlier
+    assert d.toggle_selected([target.id()]) == 1
+    process_events(0.05)
+    assert ties.isEditable() and ties.isModified()         # through the edit buffer, nothing saved
+    f = ties.getFeature(target.id())
+    assert f["status"] == "flagged" and f["flag_reason"] == "flagged by reviewer"
+    feats = list(ties.getFeatures())
+    expect = _affine_residuals(feats)
+    got = np.array([g["residual_px"] for g in feats], float)
+    assert got == pytest.approx(expect, abs=1e-6)
+    assert not np.allclose(got, [before[g.id()] for g in feats])
+    inl_res = expect[[g["status"] == "inlier" for g in feats]]
+    assert d.summary["rmse"].text() == f"{np.sqrt(np.mean(inl_res ** 2)):.2f} px" != rmse_before
+    assert d.summary["inliers"].text() == str(len(inl) - 1)
+    assert session.arrows.getFeature(next(a.id() for a in session.arrows.getFeatures()
+                                          if a["id"] == target["id"]))["status"] == "flagged"
+    assert "unsaved edits" in d.review_label.text()
+    # One undo reverts the status and every residual it changed.
+    assert d.undo_button.isEnabled()
+    d.undo_button.click()
+    process_events(0.05)
+    assert ties.getFeature(target.id())["status"] == "inlier"
+    assert _layer_residuals(ties) == pytest.approx(before)
+    assert d.summary["rmse"].text() == rmse_before
+    # Re-enabling a flagged point refits with it included.
+    flagged = next(g for g in ties.getFeatures() if g["status"] == "flagged")
+    d.toggle_selected([flagged.id()])
+    process_events(0.05)
+    feats = list(ties.getFeatures())
+    assert ties.getFeature(flagged.id())["status"] == "inlier"
+    assert np.array([g["residual_px"] for g in feats], float) == pytest.approx(_affine_residuals(feats), abs=1e-6)
+
+
+def test_delete_flagged_is_undoable_and_never_touches_inputs(run, session):
+    d, ties, arrows = run.dock, session.ties, session.arrows
+    n, n_flagged = ties.featureCount(), run.task.result.stats.n_flagged
+    assert n_flagged > 0 and d.delete_button.isEnabled()
+    d.delete_button.click()
+    process_events(0.05)
+    assert ties.featureCount() == n - n_flagged
+    assert all(f["status"] == "inlier" for f in ties.getFeatures())
+    assert arrows.featureCount() == n - n_flagged
+    assert d.model.rowCount() == n - n_flagged and d.summary["flagged"].text() == "0"
+    assert not d.delete_button.isEnabled()
+    feats = list(ties.getFeatures())
+    assert np.array([f["residual_px"] for f in feats], float) == pytest.approx(_affine_residuals(feats), abs=1e-6)
+    # Nothing is written until the user saves: the GeoPackage on disk still has every point.
+    assert len(read_tiepoints_gpkg(run.task.paths.gpkg).points) == n
+    d.undo()
+    process_events(0.05)
+    assert ties.featureCount() == n and arrows.featureCount() == n
+    assert {p: _md5(p) for p in run.hashes} == run.hashes  # input rasters untouched
+
+
+def test_export_gcps_reads_back_with_the_engine_reader(run, session, tmp_path):
+    d, ties = run.dock, session.ties
+    target = next(f for f in ties.getFeatures() if f["status"] == "inlier")
+    d.toggle_selected([target.id()])                      # exports reflect the review edits
+    process_events(0.05)
+    path = d.export_gcps(str(tmp_path / "gcps.points"), vrt=True)
+    assert path == str(tmp_path / "gcps.points")
+    pf = read_points(path)
+    key = lambda x, y: (round(x, 6), round(y, 6))  # noqa: E731
+    feats = {key(f["sar_x"], f["sar_y"]): f for f in ties.getFeatures()}
+    assert len(feats) == ties.featureCount()
+    assert len(pf) == ties.featureCount()
+    srs = osr.SpatialReference()
+    srs.SetFromUserInput(pf.crs_wkt)
+    srs.AutoIdentifyEPSG()
+    assert srs.GetAuthorityCode(None) == "32633"
+    gt = gdal.Open(run.scene.optical).GetGeoTransform()
+    pix = pf.source_pixels(gt)
+    for (mx, my), (col, row), en in zip(pf.map_xy, pix, pf.enabled):
+        f = feats[key(mx, my)]
+        assert (col, row) == pytest.approx((f["opt_col"], f["opt_row"]), abs=1e-6)
+        assert en == (f["status"] == "inlier")
+    assert not pf.enabled[[key(x, y) == key(target["sar_x"], target["sar_y"]) for x, y in pf.map_xy]].any()
+    vrt = gdal.Open(str(tmp_path / "gcps_gcps.vrt"))
+    n_in = sum(f["status"] == "inlier" for f in ties.getFeatures())
+    assert vrt.GetGCPCount() == n_in
+    g = vrt.GetGCPs()[0]
+    f = feats[key(g.GCPX, g.GCPY)]
+    assert f["status"] == "inlier"
+    assert (g.GCPPixel, g.GCPLine) == pytest.approx((f["opt_col"], f["opt_row"]))
+    vrt = None
+    assert any("gcps.points" in m for m in run.iface.messageBar().get_messages(Qgis.Success))
+
+
+def test_corrected_layer_is_georeferenced_with_the_reviewed_transform(run, session, tmp_path):
+    d = run.dock
+    dst = str(tmp_path / "optical_corrected.tif")
+    task = d.create_corrected(dst)
+    assert task is not None
+    wait_until(lambda: not d.busy, 120)
+    layer = d.corrected_layer()
+    assert layer is not None and layer.isValid() and layer.name() == "Optical (corrected)"
+    # Placed directly above the original optical layer.
+    root = QgsProject.instance().layerTreeRoot()
+    order = [n.layerId() for n in root.children() if hasattr(n, "layerId")]
+    assert order.index(layer.id()) + 1 == order.index(run.opt_id)
+    # Affine → exact new geotransform: every corrected pixel lands where the transform sends it.
+    src, out = gdal.Open(run.scene.optical), gdal.Open(dst)
+    gt0, gt1 = src.GetGeoTransform(), out.GetGeoTransform()
+    pts = np.array([[0, 0], [640, 0], [0, 640], [320, 200], [640, 640]], float)
+    nominal = np.column_stack([gt0[0] + pts[:, 0] * gt0[1] + pts[:, 1] * gt0[2],
+                               gt0[3] + pts[:, 0] * gt0[4] + pts[:, 1] * gt0[5]])
+    corrected = np.column_stack([gt1[0] + pts[:, 0] * gt1[1] + pts[:, 1] * gt1[2],
+                                 gt1[3] + pts[:, 0] * gt1[4] + pts[:, 1] * gt1[5]])
+    assert corrected == pytest.approx(session.transform.apply(nominal), abs=1e-6)
+    assert np.array_equal(src.ReadAsArray(), out.ReadAsArray())     # pixels copied, not resampled
+    assert osr.SpatialReference(out.GetProjection()).GetAuthorityCode(None) == "32633"
+    src = out = None
+    # The correction brings the optical closer to the truth at the simulator's check points.
+    truth = json.load(open(run.scene.truth, encoding="utf-8"))["check_points"]
+    nom = np.array([[c["nominal_x"], c["nominal_y"]] for c in truth])
+    true = np.array([[c["true_x"], c["true_y"]] for c in truth])
+    before = np.sqrt(np.mean(np.sum((nom - true) ** 2, axis=1))) / PIXEL
+    after = np.sqrt(np.mean(np.sum((session.transform.apply(nom) - true) ** 2, axis=1))) / PIXEL
+    assert after < before, (before, after)
+    # Before/after comparison: the slider drives the corrected layer's opacity.
+    d.opacity.setValue(30)
+    assert layer.renderer().opacity() == pytest.approx(0.3)
+    assert {p: _md5(p) for p in run.hashes} == run.hashes
+
+
+def test_saving_edits_writes_the_geopackage(run, session):
+    d, ties = run.dock, session.ties
+    target = next(f for f in ties.getFeatures() if f["status"] == "inlier")
+    d.toggle_selected([target.id()])
+    process_events(0.05)
+    assert d.save_button.isEnabled()
+    d.save_button.click()
+    process_events(0.05)
+    assert not ties.isEditable()
+    saved = {p.id: p for p in read_tiepoints_gpkg(run.task.paths.gpkg).points}
+    assert saved[target["id"]].status == "flagged"
+    expect = {f["id"]: f["residual_px"] for f in ties.getFeatures()}
+    assert {k: p.residual_px for k, p in saved.items()} == pytest.approx(expect)
+    ds = ogr.Open(run.task.paths.gpkg)
+    lines = {f.GetField("id"): f.GetField("status") for f in ds.GetLayerByName("displacements")}
+    ds = None
+    assert lines[target["id"]] == "flagged"
