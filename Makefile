@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup demo test package clean
+.PHONY: setup demo test package bench bench-quick clean
 
 setup:
 	@bash scripts/setup.sh $(VENV)
@@ -14,6 +14,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+package:
+	python3 scripts/package.py --out dist
 
 clean:
 	rm -rf demo_output .pytest_cache .qgis-settings build dist

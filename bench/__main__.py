@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("patches", "real", "scenes", "speed")
+SECTIONS = ("patches", "real", "scenes", "speed", "memory")
 
 
 class Config:
@@ -37,6 +37,7 @@ class Config:
         self.e2e_sizes = (2048, 4096) if full else (2048,)
         self.e2e_methods = ("ncc", "structural", "mi") if full else ("ncc", "structural")
         self.memory_sizes = (2048, 4096, 8192, 16384) if full else ()
+        self.memory_timeout_s = 2400
         self.gf3_n_target = 200 if full else 80
 
 
@@ -136,10 +137,12 @@ def run_real(cfg: Config, methods: tuple[str, ...], peers: tuple[str, ...], jobs
         ours = tuple(m for m in methods if m in ("ncc", "mi", "structural") and m not in slow)
         gpeers = tuple(p for p in peers if p not in slow)
         rows = run_real_scene(g[0], g[1], ours, gpeers, max_offset_px=100, n_target=cfg.gf3_n_target)
-        out["gf3"] = {"rows": rows, "consistency": consistency_text(rows),
-                      "note": "GF-3 spotlight HH vs WorldView-class pan, ≈1 m, real residual misregistration, no "
-                              "ground truth: search widened to ±100 px (max_offset_px), shift transform; the "
-                              "recovered offset and the agreement between methods are the result."}
+        note = ("GF-3 spotlight HH vs WorldView-class pan, ≈1 m, real residual misregistration, no ground truth: "
+                "search widened to ±100 px (max_offset_px), shift transform; the recovered offset and the "
+                "agreement between methods are the result.")
+        if slow:
+            note += " (--quick leaves out MI and AROSICS here for time; --full runs them.)"
+        out["gf3"] = {"rows": rows, "consistency": consistency_text(rows), "note": note}
     return out
 
 
@@ -181,7 +184,7 @@ def run_speed(cfg: Config, methods: tuple[str, ...], work: Path) -> dict:
     from .methods import available_methods
     from .patches import pairs_from_coregistered
     from .simsource import coregistered_scene, write_scene_pair
-    from .speed import end_to_end, memory_probe, per_correspondence, tile_pair_on_disk
+    from .speed import end_to_end, per_correspondence
 
     import numpy as np
 
@@ -208,28 +211,35 @@ def run_speed(cfg: Config, methods: tuple[str, ...], work: Path) -> dict:
             r = end_to_end(s, o, m)
             r["size"] = size
             out["end_to_end"].append(r)
-    if cfg.memory_sizes:
-        out["memory"] = []
-        try:
-            base_sar, base_opt, _t, _m = write_scene_pair(work, "speed4096", SPEED_SEED_BASE + 4096, "suburban",
-                                                          4096, misreg_shift_only=True)
-        except Exception as exc:
-            out["memory_note"] = f"could not simulate the 4096² base pair: {exc}"
-            return out
-        for size in cfg.memory_sizes:
-            _log(f"memory: {size}²")
-            try:
-                s, o = tile_pair_on_disk(base_sar, base_opt, work / "tiled", size)
-            except Exception as exc:
-                out["memory"].append({"size": size, "error": f"could not write the pair: {exc}"})
-                continue
-            r = memory_probe(s, o, "ncc", timeout_s=3600)
-            r["size"] = size
-            r.setdefault("method", "ncc")
-            out["memory"].append(r)
-    else:
+    if not cfg.memory_sizes:
         out["memory_note"] = "Peak-memory growth up to 16384² is measured in --full mode only."
     return out
+
+
+def run_memory(cfg: Config, work: Path) -> list[dict]:
+    """Peak RSS and time of one NCC pipeline run per scene size, each in a fresh process (--full only)."""
+    from .heldout import SPEED_SEED_BASE
+    from .simsource import write_scene_pair
+    from .speed import memory_probe, tile_pair_on_disk
+
+    rows: list[dict] = []
+    if not cfg.memory_sizes:
+        return rows
+    base_sar, base_opt, _t, _m = write_scene_pair(work, "speed4096", SPEED_SEED_BASE + 4096, "suburban", 4096,
+                                                  misreg_shift_only=True)
+    for size in cfg.memory_sizes:
+        _log(f"memory: {size}²")
+        try:
+            s, o = tile_pair_on_disk(base_sar, base_opt, work / "tiled", size)
+        except Exception as exc:
+            rows.append({"size": size, "method": "ncc", "error": f"could not write the pair: {exc}"})
+            continue
+        r = memory_probe(s, o, "ncc", timeout_s=cfg.memory_timeout_s)
+        r["size"] = size
+        r.setdefault("method", "ncc")
+        rows.append(r)
+        _log(f"memory: {size}² -> {r.get('peak_rss_mb')} MB, {r.get('seconds')} s {r.get('error', '')}")
+    return rows
 
 
 def _git() -> str:
@@ -301,10 +311,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "real": lambda: run_real(cfg, methods, peers, args.jobs),
         "scenes": lambda: run_scenes(cfg, methods, peers, scratch),
         "speed": lambda: run_speed(cfg, methods, scratch),
+        "memory": lambda: run_memory(cfg, scratch),
     }
-    key = {"patches": "patch_sim", "real": "real", "scenes": "scenes", "speed": "speed"}
+    key = {"patches": "patch_sim", "real": "real", "scenes": "scenes", "speed": "speed", "memory": "memory"}
     for s in SECTIONS:
-        if s not in sections:
+        if s not in sections or (s == "memory" and not cfg.full):
             continue
         _log(f"section {s}")
         t0 = time.time()

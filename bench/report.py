@@ -226,7 +226,7 @@ def render(res: dict) -> str:
                                 ", ".join(f"{k}: {_f(v, 1)}" for k, v in (r.get("timings") or {}).items()),
                                 _f(r.get("n_inliers"), 0), r.get("error", "")[:150]] for r in e2e]))
             out.append("")
-        mem = sp.get("memory", [])
+        mem = res.get("memory", [])
         if mem:
             out.append("Peak resident memory of one pipeline run in a fresh process (pairs tiled on disk):\n")
             out.append(_table(["scene px", "method", "peak RSS MB", "time s", "error"],

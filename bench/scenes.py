@@ -138,10 +138,8 @@ def score_peer(peer_res, grid, truth: str, base: SceneRow, method: str) -> list[
         except Exception as exc:
             row.error = _err(exc)
             try:  # "before" is still known from the truth alone
-                from engine.geometry import ShiftTransform  # noqa: F401
-
                 row.before_px = _before_only(truth, grid.res)
-            except Exception:
+            except (OSError, KeyError, ValueError):
                 pass
         rows.append(row)
     return rows

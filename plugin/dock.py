@@ -600,10 +600,6 @@ class MatcherDock(QgsDockWidget):
         st = res.stats
         self.summary["candidates"].setText(str(st.n_candidates))
         self.summary["matched"].setText(str(st.n_matched))
-        dx, dy = st.shift_m
-        self.summary["shift"].setText(
-            f"{_fmt(math.hypot(dx, dy), ' m', 1)} = {_fmt(math.hypot(*st.shift_px), ' px', 1)} "
-            f"(E {_fmt(dx, '', 1)}, N {_fmt(dy, ' m', 1)})")
         self.summary["time"].setText(f"{task.elapsed:.1f} s")
         self._update_review()
         self.tabs.setCurrentIndex(1)
@@ -625,6 +621,10 @@ class MatcherDock(QgsDockWidget):
         self.summary["flagged"].setText(str(st.n_flagged))
         self.summary["rmse"].setText(_fmt(st.rmse_px, " px"))
         self.summary["transform"].setText(dict(TRANSFORMS).get(st.transform_kind, st.transform_kind))
+        dx, dy = st.shift_m                               # median inlier displacement, as the engine reports it
+        self.summary["shift"].setText(
+            f"{_fmt(math.hypot(dx, dy), ' m', 1)} = {_fmt(math.hypot(dx, dy) / s.pixel_size, ' px', 1)} "
+            f"(E {_fmt(dx, '', 1)}, N {_fmt(dy, ' m', 1)})")
         self.delete_button.setEnabled(st.n_flagged > 0)
         self.undo_button.setEnabled(s.ties.undoStack().canUndo())
         self.save_button.setEnabled(s.has_edits())

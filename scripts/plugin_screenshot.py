@@ -101,7 +101,7 @@ def poll():
 def shoot():
     try:
         os.makedirs(os.path.dirname(OUT), exist_ok=True)
-        iface.mainWindow().grab().save(OUT)
+        iface.mainWindow().grab().save(OUT, "PNG", 0)  # 0: smallest lossless file
         print("wrote", OUT)
     except Exception:  # noqa: BLE001
         return fail(traceback.format_exc())

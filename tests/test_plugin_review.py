@@ -174,6 +174,9 @@ def test_toggle_recomputes_residuals_live_and_undo_restores(run, session):
     inl_res = expect[[g["status"] == "inlier" for g in feats]]
     assert d.summary["rmse"].text() == f"{np.sqrt(np.mean(inl_res ** 2)):.2f} px" != rmse_before
     assert d.summary["inliers"].text() == str(len(inl) - 1)
+    dx = np.median([g["dx_m"] for g in feats if g["status"] == "inlier"])
+    dy = np.median([g["dy_m"] for g in feats if g["status"] == "inlier"])
+    assert d.summary["shift"].text().endswith(f"(E {dx:.1f}, N {dy:.1f} m)")   # the shift follows the review
     assert session.arrows.getFeature(next(a.id() for a in session.arrows.getFeatures()
                                           if a["id"] == target["id"]))["status"] == "flagged"
     assert "unsaved edits" in d.review_label.text()

@@ -80,19 +80,19 @@ def layout_fields(canvas: Canvas, rng: np.random.Generator, idx: np.ndarray) -> 
     for k in range(n_strips):
         e = random_edges(rng, 0.0, span, 60.0, 420.0)
         edges.append(e + k * big)
-    counts = np.array([len(e) for e in edges])
-    starts = np.concatenate([[0], np.cumsum(counts)])
     all_edges = np.concatenate(edges)
-    key = (v - np.float32(vmin)).astype(np.float64) + i * big
+    # float32 is enough: keys stay below ~1e6 m, i.e. 6 cm resolution.
+    key = v - np.float32(vmin)
+    key += i.astype(np.float32) * np.float32(big)
     f = interval_index(key, all_edges, resolution=4.0)
     # Distance to the field's boundary (strip edges along u, field edges along v).
     ue32 = ue.astype(np.float32)
     du = np.minimum(u - ue32[i], ue32[i + 1] - u)
-    ae = all_edges
-    dv = np.minimum(key - ae[f], ae[np.minimum(f + 1, len(ae) - 1)] - key).astype(np.float32)
-    # Fields whose lower edge is a strip's first edge have the strip edge as boundary anyway.
+    ae = all_edges.astype(np.float32)
+    dv = np.minimum(key - ae[f], ae[np.minimum(f + 1, len(ae) - 1)] - key)
     dist = np.minimum(du, np.abs(dv))
 
+    # Per-field attributes as lookup tables, gathered once per pixel.
     nf = len(all_edges)
     ftype = rng.choice(np.array([LC.CROP, LC.GRASS, LC.BARE, LC.TREE], np.uint8), nf,
                        p=[0.55, 0.27, 0.11, 0.07])
@@ -102,22 +102,30 @@ def layout_fields(canvas: Canvas, rng: np.random.Generator, idx: np.ndarray) -> 
     jitter = rng.normal(0, 0.04, nf)
     period = np.where(ftype == LC.BARE, rng.uniform(3, 8, nf), rng.uniform(6, 20, nf))
     period = np.maximum(period, 2.6 * g)
-    ft = ftype[f]
-    lc = np.where(ft == LC.TREE, LC.GRASS, ft).astype(np.uint8)
+    shrubby = (rng.random(nf) < 0.5) & (ftype == LC.GRASS)
+    lc_lut = np.where(ftype == LC.TREE, LC.GRASS, ftype).astype(np.uint8)
+    # Woodlots: dense trees; grass: a few trees, or many low bushes on shrubby pasture.
+    trees_lut = np.select([ftype == LC.TREE, shrubby, ftype == LC.GRASS], [0.045, 0.008, 0.0006], 0.0).astype(np.float32)
+    treeh_lut = np.where(shrubby, 2.5, 0.0).astype(np.float32)
+    lc = lc_lut[f]
+    trees = trees_lut[f]
+    tree_h = treeh_lut[f]
+    rows = np.zeros(idx.size, np.float32)
     # Row texture in field-aligned coordinates: rows parallel to one of the field's sides.
-    ang = np.where(row_axis, 0.0, math.pi / 2) + jitter
-    ca = np.cos(ang).astype(np.float32)[f]
-    sa = np.sin(ang).astype(np.float32)[f]
-    phase = (u * ca + v * sa) * (2 * np.pi / period.astype(np.float32)[f])
-    rows = np.sin(phase)
-    rows = np.where((ft == LC.CROP) | (ft == LC.BARE), rows, 0).astype(np.float32)
-
-    trees = np.where(ft == LC.TREE, 0.045, np.where(ft == LC.GRASS, 0.0006, 0.0)).astype(np.float32)
-    tree_h = np.zeros(idx.size, np.float32)
-    hedge_px = hedge[f] & (dist < 3.5)
+    rsel = np.flatnonzero((lc == LC.CROP) | (lc == LC.BARE))
+    if rsel.size:
+        ang = np.where(row_axis, 0.0, math.pi / 2) + jitter
+        fr = f[rsel]
+        ca = (np.cos(ang) * 2 * np.pi / period).astype(np.float32)
+        sa = (np.sin(ang) * 2 * np.pi / period).astype(np.float32)
+        rows[rsel] = np.sin(u[rsel] * ca[fr] + v[rsel] * sa[fr])
+    hedge_px = np.flatnonzero(dist < 3.5)
+    hedge_px = hedge_px[hedge[f[hedge_px]]]
     trees[hedge_px] = 0.05
     tree_h[hedge_px] = 8.0 + 4.0 * (f[hedge_px] % 3)
-    on_track = (du < 2.0) & (track[i] | track[np.minimum(i + 1, len(track) - 1)])
+    near = np.flatnonzero(du < 2.0)
+    ii = i[near]
+    on_track = near[track[ii] | track[np.minimum(ii + 1, len(track) - 1)]]
     lc[on_track] = LC.BARE
     rows[on_track] = 0
     trees[on_track] = 0
@@ -155,13 +163,14 @@ def stand_height(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
 
 
 def _curve(canvas: Canvas, rng: np.random.Generator, meander_m: float, scale_m: float,
-           width_m: Tuple[float, float], width_var: float = 0.0):
-    """Perpendicular distance (flat) to a random smooth curve crossing the scene, and local width."""
+           width_m: Tuple[float, float], width_var: float = 0.0, reach_m: float = 10.0):
+    """Pixels near a random smooth curve crossing the scene.
+
+    Returns (flat idx, perpendicular distance, local width) for pixels with distance < width/2 +
+    ``reach_m``; only a band around the curve's mean course is evaluated.
+    """
     psi = rng.uniform(0, math.pi)
     c, s = math.cos(psi), math.sin(psi)
-    xs, ys = _xy_axes(canvas)
-    a = xs * c + ys * s
-    b = ys * c - xs * s
     umin, umax, vmin, vmax = rotated_range(*canvas.extent, psi, 50.0)
     step = 2.0
     n = int((umax - umin) / step) + 2
@@ -170,10 +179,20 @@ def _curve(canvas: Canvas, rng: np.random.Generator, meander_m: float, scale_m: 
     width = rng.uniform(*width_m) * (1 + width_var * np.clip(smooth_noise_1d(rng, n, 800.0 / step), -2, 2))
     slope = np.gradient(centre, step)
     cosf = (1.0 / np.sqrt(1.0 + slope ** 2)).astype(np.float32)
-    ai = ((a - umin) / step).astype(np.int32)
+    xs, ys = _xy_axes(canvas)
+    b = ys * np.float32(c) - xs * np.float32(s)
+    lo = float(centre.min() - width.max() / 2 - reach_m)
+    hi = float(centre.max() + width.max() / 2 + reach_m)
+    idx = np.flatnonzero(((b > lo) & (b < hi)).ravel())
+    x, y = canvas.xy(idx)
+    a = x * np.float32(c) + y * np.float32(s)
+    bb = y * np.float32(c) - x * np.float32(s)
+    ai = ((a - np.float32(umin)) * np.float32(1.0 / step)).astype(np.int32)
     np.clip(ai, 0, n - 1, out=ai)
-    d = np.abs(b - centre.astype(np.float32)[ai]) * cosf[ai]
-    return d.ravel(), width.astype(np.float32)[ai].ravel()
+    d = np.abs(bb - centre.astype(np.float32)[ai]) * cosf[ai]
+    wd = width.astype(np.float32)[ai]
+    keep = d < wd * 0.5 + reach_m
+    return idx[keep], d[keep], wd[keep]
 
 
 def add_water(canvas: Canvas, rng: np.random.Generator, kind: str, dtm: np.ndarray) -> None:
@@ -182,14 +201,16 @@ def add_water(canvas: Canvas, rng: np.random.Generator, kind: str, dtm: np.ndarr
     p_river = {"rural": 0.55, "mixed": 0.55, "suburban": 0.4, "urban": 0.4}[kind]
     if rng.random() < p_river:
         wide = (40.0, 130.0) if kind == "urban" else (14.0, 80.0)
-        d, w = _curve(canvas, rng, meander_m=rng.uniform(40, 220), scale_m=rng.uniform(500, 1200),
-                      width_m=wide, width_var=0.25)
+        valley = 120.0
+        idx, d, w = _curve(canvas, rng, meander_m=rng.uniform(40, 220), scale_m=rng.uniform(500, 1200),
+                           width_m=wide, width_var=0.25, reach_m=valley)
         half = 0.5 * w
         water = d < half
         bank = (d < half + rng.uniform(6, 25)) & ~water
-        road = canvas.landcover == LC.ROAD
-        bridge = water & road & canvas.bridge_ok
-        wet = water & ~bridge
+        lc = canvas.landcover[idx]
+        road = lc == LC.ROAD
+        bridge = water & road & canvas.bridge_ok[idx]
+        wet = idx[water & ~bridge]
         canvas.landcover[wet] = LC.WATER
         canvas.height[wet] = 0
         canvas.building_id[wet] = 0
@@ -197,34 +218,41 @@ def add_water(canvas: Canvas, rng: np.random.Generator, kind: str, dtm: np.ndarr
         canvas.tree_density[wet] = 0
         canvas.clutter_density[wet] = 0
         canvas.row_texture[wet] = 0
-        canvas.height[bridge] = 6.0
+        canvas.height[idx[bridge]] = 6.0
         # Banks: paved embankments in town, grass and riparian trees elsewhere.
-        urban_bank = bank & (canvas.zone == Zone.URBAN) & (canvas.landcover != LC.ROAD)
-        green_bank = bank & (canvas.zone != Zone.URBAN) & (canvas.landcover != LC.ROAD)
-        for m, lc, tr in ((urban_bank, LC.PAVED, 0.01), (green_bank, LC.GRASS, 0.035)):
-            canvas.landcover[m] = lc
+        zone = canvas.zone[idx]
+        urban_bank = idx[bank & (zone == Zone.URBAN) & ~road]
+        green_bank = idx[bank & (zone != Zone.URBAN) & ~road]
+        for m, lcv, tr in ((urban_bank, LC.PAVED, 0.01), (green_bank, LC.GRASS, 0.035)):
+            canvas.landcover[m] = lcv
             canvas.height[m] = 0
             canvas.building_id[m] = 0
             canvas.object_id[m] = ID_WATER + 3
             canvas.tree_density[m] = tr
+            canvas.tree_height[m] = 0
             canvas.row_texture[m] = 0
         depth = rng.uniform(2.0, 6.0)
-        carve = np.clip(1.0 - d / (half + 120.0), 0, 1) ** 2 * depth
-        dtm -= carve.reshape(dtm.shape)
+        carve = np.clip(1.0 - d / (half + valley), 0, 1) ** 2 * depth
+        dtm.ravel()[idx] -= carve
     if rng.random() < {"rural": 0.6, "mixed": 0.45, "suburban": 0.35, "urban": 0.15}[kind]:
         f = smooth_noise(rng, (canvas.H, canvas.W), 220.0 / g, octaves=2).ravel()
         cand = canvas.zone != Zone.URBAN
         thr = np.quantile(f[::89], 1.0 - rng.uniform(0.01, 0.04))
-        lake = cand & (f > thr) & (canvas.landcover != LC.ROAD) & (canvas.landcover != LC.BUILDING)
+        near = np.flatnonzero(f > thr - 0.08)
+        f = f[near]
+        lcn = canvas.landcover[near]
+        ok = cand[near] & (lcn != LC.ROAD) & (lcn != LC.BUILDING)
+        lake = near[ok & (f > thr)]
+        shore = near[ok & (f <= thr)]
         canvas.landcover[lake] = LC.WATER
         canvas.object_id[lake] = ID_WATER + 2
         canvas.tree_density[lake] = 0
         canvas.clutter_density[lake] = 0
         canvas.row_texture[lake] = 0
-        shore = cand & (f > thr - 0.08) & ~lake & (canvas.landcover != LC.ROAD) & (canvas.landcover != LC.BUILDING)
         canvas.landcover[shore] = np.where(rng.random() < 0.5, LC.GRASS, LC.BARE)
         canvas.row_texture[shore] = 0
         canvas.tree_density[shore] = 0.02
+        canvas.tree_height[shore] = 0
 
 
 def add_arterials(canvas: Canvas, rng: np.random.Generator, kind: str) -> None:
@@ -233,29 +261,33 @@ def add_arterials(canvas: Canvas, rng: np.random.Generator, kind: str) -> None:
     for k in range(int(rng.integers(*n))):
         highway = rng.random() < 0.22
         width = (20.0, 30.0) if highway else (6.5, 10.0)
-        d, w = _curve(canvas, rng, meander_m=rng.uniform(10, 150), scale_m=rng.uniform(900, 2500),
-                      width_m=width)
+        idx, d, w = _curve(canvas, rng, meander_m=rng.uniform(10, 150), scale_m=rng.uniform(900, 2500),
+                           width_m=width, reach_m=6.0)
         half = 0.5 * w
+        zone = canvas.zone[idx]
+        lc = canvas.landcover[idx]
         road = d < half
         if kind != "urban":
-            road &= canvas.zone != Zone.URBAN
-        clear = (d < half + 5.0) & ~road & (canvas.landcover == LC.BUILDING)
-        canvas.landcover[road] = LC.ROAD
-        canvas.height[road] = 0.0
-        canvas.bridge_ok[road] = True
-        canvas.building_id[road] = 0
-        canvas.object_id[road] = ID_ROAD + 900_000 + k
-        canvas.tree_density[road] = 0
-        canvas.row_texture[road] = 0
-        canvas.clutter_density[road] = 0.003 if highway else 0.0015
+            road &= zone != Zone.URBAN
+        clear = idx[(d < half + 5.0) & ~road & (lc == LC.BUILDING)]
+        verge = idx[~road & (zone == Zone.RURAL) & (lc != LC.WATER) & (lc != LC.BUILDING)]
+        r = idx[road]
+        canvas.landcover[r] = LC.ROAD
+        canvas.height[r] = 0.0
+        canvas.bridge_ok[r] = True
+        canvas.building_id[r] = 0
+        canvas.object_id[r] = ID_ROAD + 900_000 + k
+        canvas.tree_density[r] = 0
+        canvas.row_texture[r] = 0
+        canvas.clutter_density[r] = 0.003 if highway else 0.0015
         canvas.landcover[clear] = LC.GRASS
         canvas.height[clear] = 0
         canvas.building_id[clear] = 0
-        verge = (d < half + 6.0) & ~road & (canvas.zone == Zone.RURAL) & (canvas.landcover != LC.WATER)
         alley = rng.random() < 0.35
         canvas.landcover[verge] = LC.GRASS
         canvas.row_texture[verge] = 0
         canvas.tree_density[verge] = 0.05 if alley else 0.002
+        canvas.tree_height[verge] = 0
 
 
 def add_farmsteads(canvas: Canvas, rng: np.random.Generator) -> None:

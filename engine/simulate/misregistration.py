@@ -117,31 +117,72 @@ def max_displacement_px(model: MisregModel, shape_px) -> float:
     return float(np.sqrt(dc * dc + dr * dr).max())
 
 
+def _displacement_grid(model: MisregModel, co: np.ndarray, ro: np.ndarray):
+    """(dcol, drow) on the grid co (cols) x ro (rows) of centre offsets, exploiting separability:
+    affine terms are outer sums and each polynomial row power j multiplies a 1-D column polynomial."""
+    a = model.matrix
+    t = model.translation
+    dc = ((a[0, 0] - 1.0) * co + t[0])[None, :] + (a[0, 1] * ro)[:, None]
+    dr = (a[1, 0] * co)[None, :] + ((a[1, 1] - 1.0) * ro + t[1])[:, None]
+    if np.any(model.poly_x) or np.any(model.poly_y):
+        u = co / model.half_size[0]
+        v = ro / model.half_size[1]
+        for j in range(4):
+            px = np.zeros_like(u)
+            py = np.zeros_like(u)
+            for k, (ei, ej) in enumerate(_EXPONENTS):
+                if ej == j:
+                    px = px + model.poly_x[k] * u ** ei
+                    py = py + model.poly_y[k] * u ** ei
+            if np.any(px) or np.any(py):
+                vj = (v ** j)[:, None]
+                dc = dc + px[None, :] * vj
+                dr = dr + py[None, :] * vj
+    return dc, dr
+
+
 def resample_optical(img: np.ndarray, src_transform, dst_transform, dst_shape, model: MisregModel,
                      order: int = 1) -> np.ndarray:
     """Resample a true-grid image (bands, H, W) onto the nominal optical grid.
 
     Output pixel p (centre, nominal map X via ``dst_transform``) takes the source value at
-    f(X); both transforms are rasterio Affines of north-up grids.
+    f(X); both transforms are rasterio Affines of north-up grids. Order 1 uses a shared bilinear
+    gather for all bands (faster than ``map_coordinates``, same result); edges are clamped.
     """
     ho, wo = dst_shape
-    cols = (np.arange(wo, dtype=np.float64) + 0.5)
-    rows = (np.arange(ho, dtype=np.float64) + 0.5)
+    cols = np.arange(wo, dtype=np.float64) + 0.5
+    rows = np.arange(ho, dtype=np.float64) + 0.5
     x_nom = dst_transform.c + cols * dst_transform.a            # (wo,)
     y_nom = dst_transform.f + rows * dst_transform.e            # (ho,)
     cx, cy = model.center
-    co = ((x_nom - cx) / model.unit)[None, :]
-    ro = (-(y_nom - cy) / model.unit)[:, None]
-    co_b, ro_b = np.broadcast_arrays(co, ro)
-    dc, dr = model.displacement_px(co_b, ro_b)
-    x_true = x_nom[None, :] + dc * model.unit
-    y_true = y_nom[:, None] - dr * model.unit
-    src_col = (x_true - src_transform.c) / src_transform.a - 0.5
-    src_row = (y_true - src_transform.f) / src_transform.e - 0.5
-    coords = np.stack([src_row, src_col]).astype(np.float32)
-    out = np.empty((img.shape[0], ho, wo), np.float32)
-    for b in range(img.shape[0]):
-        out[b] = ndi.map_coordinates(img[b], coords, order=order, mode="nearest", prefilter=order > 1)
+    dc, dr = _displacement_grid(model, (x_nom - cx) / model.unit, -(y_nom - cy) / model.unit)
+    # Source pixel-index coordinates (pixel centres at integers) of f(nominal).
+    sa, se = src_transform.a, src_transform.e
+    src_col = (((x_nom - src_transform.c) / sa - 0.5)[None, :] + dc * (model.unit / sa)).astype(np.float32)
+    src_row = (((y_nom - src_transform.f) / se - 0.5)[:, None] - dr * (model.unit / se)).astype(np.float32)
+    src_col, src_row = np.broadcast_arrays(src_col, src_row)
+    nb, h, w = img.shape
+    out = np.empty((nb, ho, wo), np.float32)
+    if order != 1:
+        coords = np.stack([src_row, src_col])
+        for b in range(nb):
+            out[b] = ndi.map_coordinates(img[b], coords, order=order, mode="nearest", prefilter=order > 1)
+        return out
+    sc = np.clip(src_col, 0, w - 1)
+    sr = np.clip(src_row, 0, h - 1)
+    c0 = np.minimum(sc.astype(np.int64), w - 2) if w > 1 else np.zeros(sc.shape, np.int64)
+    r0 = np.minimum(sr.astype(np.int64), h - 2) if h > 1 else np.zeros(sr.shape, np.int64)
+    fc = sc - c0
+    fr = sr - r0
+    i00 = r0 * w + c0
+    for b in range(nb):
+        flat = img[b].ravel()
+        top = flat[i00]
+        top += fc * (flat[i00 + 1] - top)
+        bot = flat[i00 + w]
+        bot += fc * (flat[i00 + w + 1] - bot)
+        top += fr * (bot - top)
+        out[b] = top
     return out
 
 

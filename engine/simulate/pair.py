@@ -45,7 +45,7 @@ class PairArrays:
     sar: np.ndarray              # SAR in the requested output kind (H, W)
     sar_sigma0: np.ndarray       # speckled linear sigma0 (H, W)
     optical: np.ndarray          # written optical (bands, Ho, Wo), uint8/uint16, nominal grid
-    optical_true: np.ndarray     # optical float [0, 1] on the SAR grid (true geometry, with noise)
+    optical_true: np.ndarray     # optical float [0, 1] on the SAR grid (true geometry, before noise)
     sar_transform: object        # rasterio Affine
     optical_transform: object
     crs_wkt: str
@@ -114,7 +114,6 @@ def simulate_pair_arrays(scene: SceneParams = SceneParams(), optical: OpticalPar
     opt_float = add_noise(opt_float, optical.noise_std, rng_opt)
     opt_out = quantize(opt_float, optical.bits)
     optical_true = clean[:, m - ob[0]:m - ob[0] + h, m - ob[1]:m - ob[1] + w].copy()
-    optical_true = add_noise(optical_true, optical.noise_std, np.random.default_rng(rng_opt.integers(2**63)))
 
     # SAR: layover brings in objects from up to h/tan(theta) away from the sensor and shadows come
     # from up to h*tan(theta) towards it, along the look direction only.

@@ -164,7 +164,9 @@ def _walls(scene: Scene, p: SarParams, rng: np.random.Generator, occ: np.ndarray
     front = ndp[1 + fr: 1 + fr + h, 1 + fc: 1 + fc + w]
     is_bld = scene.landcover == LC.BUILDING
     is_tree = scene.landcover == LC.TREE
-    wall = (nd - front > 2.0) & (is_bld | is_tree)
+    # Building walls wherever the roof steps down towards the sensor; for trees only the canopy
+    # edge facing open ground (bumps inside a canopy are volume scattering, already splatted).
+    wall = (nd - front > 2.0) & (is_bld | (is_tree & (front <= ELEVATED_M)))
     out = np.zeros((h, w), np.float32)
     wr, wc = np.nonzero(wall)
     if wr.size == 0:

@@ -10,6 +10,7 @@ and per-lot attributes come from lookup tables indexed by block/lot id.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,13 +36,31 @@ def _block_zone(grid: Grid, canvas: Canvas, urb: np.ndarray) -> np.ndarray:
     return z
 
 
-def _members(grid: Grid, canvas: Canvas, cand: np.ndarray, in_zone_blk: np.ndarray):
+@dataclass
+class _Parts:
+    """A zone's pixels split once into roads, sidewalks/verges and block interiors."""
+
+    all_idx: np.ndarray
+    road_idx: np.ndarray
+    road: Cells
+    side_idx: np.ndarray
+    side_block: np.ndarray
+    inner_idx: np.ndarray
+    inner: Cells
+
+
+def _members(grid: Grid, canvas: Canvas, cand: np.ndarray, in_zone_blk: np.ndarray) -> _Parts:
     cells = grid.cells(canvas, cand)
     keep = in_zone_blk[cells.block]
     border = np.flatnonzero(cells.road & ~keep)
     if border.size:
         keep[border] = in_zone_blk[np.minimum(cells.subset(border).neighbour(), len(in_zone_blk) - 1)]
-    return cand[keep], cells.subset(keep)
+    road = keep & cells.road
+    rest = keep & ~cells.road
+    inner = rest & cells.inside
+    side = rest & ~inner
+    return _Parts(cand[keep], cand[road], cells.subset(road), cand[side], cells.block[side],
+                  cand[inner], cells.subset(inner))
 
 
 def _write(canvas: Canvas, idx, lc=None, height=None, obj=None, bid=None, trees=None, clutter=None,
@@ -64,10 +83,8 @@ def _write(canvas: Canvas, idx, lc=None, height=None, obj=None, bid=None, trees=
         canvas.tree_height[idx] = tree_h
 
 
-def _roads(canvas: Canvas, rng, grid: Grid, idx, cells: Cells, zone: int, cars: float, p_bridge: float):
-    m = cells.road
-    ridx = idx[m]
-    line = grid.line_id(cells.subset(m))
+def _roads(canvas: Canvas, rng, grid: Grid, ridx, cells: Cells, zone: int, cars: float, p_bridge: float):
+    line = grid.line_id(cells)
     bridge_lut = rng.random(200001) < p_bridge
     _write(canvas, ridx, lc=LC.ROAD, height=0.0, obj=ID_ROAD + (line % 1_000_000), bid=0,
            trees=0.0, clutter=cars, zone=zone)
@@ -86,9 +103,9 @@ def layout_settlements(canvas: Canvas, rng: np.random.Generator, urb: np.ndarray
     zb = _block_zone(grid, canvas, urb) >= Zone.URBAN
     cand = np.flatnonzero(urb > URBAN_T - 0.14)
     if cand.size and zb.any():
-        idx, cells = _members(grid, canvas, cand, zb)
-        _urban(canvas, rng, grid, idx, cells)
-        settled[idx] = True
+        parts = _members(grid, canvas, cand, zb)
+        _urban(canvas, rng, grid, parts)
+        settled[parts.all_idx] = True
 
     # ---- suburban: elongated blocks on a gently curving grid
     angle = rng.uniform(0, math.pi)
@@ -98,25 +115,21 @@ def layout_settlements(canvas: Canvas, rng: np.random.Generator, urb: np.ndarray
     zb = _block_zone(grid, canvas, urb) >= Zone.SUBURBAN
     cand = np.flatnonzero((urb > SUBURB_T - 0.14) & ~settled)
     if cand.size and zb.any():
-        idx, cells = _members(grid, canvas, cand, zb)
-        _suburban(canvas, rng, grid, idx, cells)
-        settled[idx] = True
+        parts = _members(grid, canvas, cand, zb)
+        _suburban(canvas, rng, grid, parts)
+        settled[parts.all_idx] = True
     return settled
 
 
 # ----------------------------------------------------------------------------------------------
-def _urban(canvas: Canvas, rng, grid: Grid, idx: np.ndarray, cells: Cells) -> None:
+def _urban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
     nb = grid.n_blocks
-    _roads(canvas, rng, grid, idx, cells, Zone.URBAN, cars=0.004, p_bridge=0.6)
-    nonroad = ~cells.road
-    idx, cells = idx[nonroad], cells.subset(nonroad)
-    inner = cells.inside
+    _roads(canvas, rng, grid, parts.road_idx, parts.road, Zone.URBAN, cars=0.004, p_bridge=0.6)
     # Sidewalks, with street trees along some blocks.
     street_trees = np.where(rng.random(nb) < 0.5, 0.04, 0.0).astype(np.float32)
-    sw = ~inner
-    _write(canvas, idx[sw], lc=LC.PAVED, height=0.0, obj=ID_BLOCK + cells.block[sw], bid=0,
-           trees=street_trees[cells.block[sw]], clutter=0.002, zone=Zone.URBAN)
-    idx, c = idx[inner], cells.subset(inner)
+    _write(canvas, parts.side_idx, lc=LC.PAVED, height=0.0, obj=ID_BLOCK + parts.side_block, bid=0,
+           trees=street_trees[parts.side_block], clutter=0.002, zone=Zone.URBAN)
+    idx, c = parts.inner_idx, parts.inner
 
     # Block types: 0 perimeter, 1 towers, 2 hall + parking, 3 park, 4 plaza/parking, 5 old town.
     btype = rng.choice(6, nb, p=[0.52, 0.1, 0.12, 0.1, 0.06, 0.1]).astype(np.uint8)
@@ -230,17 +243,13 @@ def _urban(canvas: Canvas, rng, grid: Grid, idx: np.ndarray, cells: Cells) -> No
 
 
 # ----------------------------------------------------------------------------------------------
-def _suburban(canvas: Canvas, rng, grid: Grid, idx: np.ndarray, cells: Cells) -> None:
+def _suburban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
     nb = grid.n_blocks
-    _roads(canvas, rng, grid, idx, cells, Zone.SUBURBAN, cars=0.0015, p_bridge=0.35)
-    nonroad = ~cells.road
-    idx, cells = idx[nonroad], cells.subset(nonroad)
-    inner = cells.inside
-    street_trees = np.where(rng.random(nb) < 0.55, 0.05, 0.0).astype(np.float32)
-    sw = ~inner
-    _write(canvas, idx[sw], lc=LC.GRASS, height=0.0, obj=ID_BLOCK + cells.block[sw], bid=0,
-           trees=street_trees[cells.block[sw]], clutter=0.0, zone=Zone.SUBURBAN)
-    idx, c = idx[inner], cells.subset(inner)
+    _roads(canvas, rng, grid, parts.road_idx, parts.road, Zone.SUBURBAN, cars=0.0015, p_bridge=0.35)
+    street_trees = np.where(rng.random(nb) < 0.55, 0.03, 0.0).astype(np.float32)
+    _write(canvas, parts.side_idx, lc=LC.GRASS, height=0.0, obj=ID_BLOCK + parts.side_block, bid=0,
+           trees=street_trees[parts.side_block], clutter=0.0, zone=Zone.SUBURBAN)
+    idx, c = parts.inner_idx, parts.inner
 
     # Block types: 0 houses, 1 park, 2 commercial hall + parking, 3 apartment slabs.
     btype = rng.choice(4, nb, p=[0.8, 0.06, 0.07, 0.07]).astype(np.uint8)
