@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     p10 = simulate_10m(args.seed)
-    p1 = simulate_1m(args.seed + 6)
+    p1 = simulate_1m(args.seed + 1)
     print(f"[figure] simulated both crops in {time.perf_counter() - t0:.1f} s")
     s1, srif = load_real(args.realdata)
 
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     fig.suptitle("Simulator (left pair) vs. real SAR / optical pairs (right pair)", fontsize=13)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=80)
+    fig.savefig(args.out, dpi=72)
     print(f"[figure] wrote {args.out}")
     return 0
 

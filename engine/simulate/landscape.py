@@ -105,7 +105,7 @@ def layout_fields(canvas: Canvas, rng: np.random.Generator, idx: np.ndarray) -> 
     shrubby = (rng.random(nf) < 0.5) & (ftype == LC.GRASS)
     lc_lut = np.where(ftype == LC.TREE, LC.GRASS, ftype).astype(np.uint8)
     # Woodlots: dense trees; grass: a few trees, or many low bushes on shrubby pasture.
-    trees_lut = np.select([ftype == LC.TREE, shrubby, ftype == LC.GRASS], [0.045, 0.008, 0.0006], 0.0).astype(np.float32)
+    trees_lut = np.select([ftype == LC.TREE, shrubby, ftype == LC.GRASS], [0.045, 0.003, 0.0006], 0.0).astype(np.float32)
     treeh_lut = np.where(shrubby, 2.5, 0.0).astype(np.float32)
     lc = lc_lut[f]
     trees = trees_lut[f]

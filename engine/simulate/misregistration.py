@@ -141,6 +141,44 @@ def _displacement_grid(model: MisregModel, co: np.ndarray, ro: np.ndarray):
     return dc, dr
 
 
+def _is_translation(model: MisregModel) -> bool:
+    return bool(np.allclose(model.matrix, np.eye(2), rtol=0, atol=1e-15)
+                and not np.any(model.poly_x) and not np.any(model.poly_y))
+
+
+def _shift_bilinear(img, src_transform, dst_transform, dst_shape, model: MisregModel) -> np.ndarray:
+    """Same result as the general bilinear path when f is a translation and the pixel sizes agree:
+    a constant sub-pixel offset, done with four shifted slices per band."""
+    ho, wo = dst_shape
+    nb, h, w = img.shape
+    # Source index coordinate of output pixel (0, 0).
+    x0 = dst_transform.c + 0.5 * dst_transform.a + model.translation[0] * model.unit
+    y0 = dst_transform.f + 0.5 * dst_transform.e - model.translation[1] * model.unit
+    c = (x0 - src_transform.c) / src_transform.a - 0.5
+    r = (y0 - src_transform.f) / src_transform.e - 0.5
+    ci, ri = int(np.floor(c)), int(np.floor(r))
+    fc, fr = np.float32(c - ci), np.float32(r - ri)
+    # Clamp like the general path: pad by edge replication so every needed index exists.
+    pad_lo_r, pad_lo_c = max(0, -ri), max(0, -ci)
+    pad_hi_r, pad_hi_c = max(0, ri + ho + 1 - (h - 1)), max(0, ci + wo + 1 - (w - 1))
+    if pad_lo_r or pad_lo_c or pad_hi_r or pad_hi_c:
+        img = np.pad(img, ((0, 0), (pad_lo_r, pad_hi_r), (pad_lo_c, pad_hi_c)), mode="edge")
+        ri += pad_lo_r
+        ci += pad_lo_c
+    out = np.empty((nb, ho, wo), np.float32)
+    for b in range(nb):
+        a = img[b]
+        top = a[ri:ri + ho, ci:ci + wo] * (1 - fc)
+        top += a[ri:ri + ho, ci + 1:ci + 1 + wo] * fc
+        bot = a[ri + 1:ri + 1 + ho, ci:ci + wo] * (1 - fc)
+        bot += a[ri + 1:ri + 1 + ho, ci + 1:ci + 1 + wo] * fc
+        top *= 1 - fr
+        bot *= fr
+        top += bot
+        out[b] = top
+    return out
+
+
 def resample_optical(img: np.ndarray, src_transform, dst_transform, dst_shape, model: MisregModel,
                      order: int = 1) -> np.ndarray:
     """Resample a true-grid image (bands, H, W) onto the nominal optical grid.
@@ -150,6 +188,9 @@ def resample_optical(img: np.ndarray, src_transform, dst_transform, dst_shape, m
     gather for all bands (faster than ``map_coordinates``, same result); edges are clamped.
     """
     ho, wo = dst_shape
+    if order == 1 and _is_translation(model) and abs(src_transform.a - dst_transform.a) < 1e-12 \
+            and abs(src_transform.e - dst_transform.e) < 1e-12:
+        return _shift_bilinear(img, src_transform, dst_transform, dst_shape, model)
     cols = np.arange(wo, dtype=np.float64) + 0.5
     rows = np.arange(ho, dtype=np.float64) + 0.5
     x_nom = dst_transform.c + cols * dst_transform.a            # (wo,)

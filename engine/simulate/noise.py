@@ -34,40 +34,38 @@ def _spline_matrix(n: int, scale: float) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def _spline_noise(rng: np.random.Generator, shape: Tuple[int, int], scale_px: float) -> np.ndarray:
+    """One octave: cubic B-spline surface with knots every ``scale_px`` (two small matmuls)."""
+    h, w = shape
+    my, mx = _spline_matrix(h, scale_px), _spline_matrix(w, scale_px)
+    c = rng.standard_normal((my.shape[1], mx.shape[1])).astype(np.float32)
+    out = my @ c @ mx.T
+    out *= np.float32(2.0)   # 2-D cubic B-spline weights: sum of squares ~ 0.25
+    return out
+
+
 def smooth_noise(rng: np.random.Generator, shape: Tuple[int, int], scale_px: float,
                  octaves: int = 1, persistence: float = 0.5) -> np.ndarray:
     """Zero-mean, roughly unit-std smooth random field with features about ``scale_px`` wide.
 
-    With ``octaves`` > 1 finer octaves (scale/2, /4, ...) are summed with weights ``persistence**i``
-    (fractal noise). Cost is two matrix products at the finest octave's knot spacing, so keep the
-    finest scale above ~16 px for large images.
+    With ``octaves`` > 1 finer octaves (scale/2, /4, ...) are added with weights
+    ``persistence**i`` (fractal noise). Octaves wider than ~40 px are cubic B-spline surfaces
+    (two matrix products, cost grows with 1/scale); finer ones are bilinear-upsampled smoothed
+    white noise, whose cost does not depend on the scale.
     """
-    h, w = shape
-    scale_px = max(float(scale_px), 2.0)
-    if scale_px < 16.0 and octaves == 1:
-        return _fine_noise(rng, shape, scale_px)
-    fine = max(scale_px / 2 ** (octaves - 1), 2.0)
-    my, mx = _spline_matrix(h, fine), _spline_matrix(w, fine)
-    coarse = np.zeros((my.shape[1], mx.shape[1]), np.float32)
+    out = None
     amp, total = 1.0, 0.0
-    for o in range(octaves):
-        s = scale_px / 2 ** o
-        if s < fine * 0.999:
-            break
-        f = s / fine
-        g = rng.standard_normal((int(math.ceil(coarse.shape[0] / f)) + 4,
-                                 int(math.ceil(coarse.shape[1] / f)) + 4)).astype(np.float32)
-        if f > 1.0:
-            # Evaluate this octave's spline on the finest knot lattice, then add.
-            ry = _spline_matrix(coarse.shape[0], f)[:, : g.shape[0]]
-            rx = _spline_matrix(coarse.shape[1], f)[:, : g.shape[1]]
-            g = ry @ g @ rx.T
-            g *= 1.0 / 0.7  # B-spline evaluation shrinks the std by ~0.7 per pass pair
-        coarse += amp * g[: coarse.shape[0], : coarse.shape[1]]
+    for o in range(max(int(octaves), 1)):
+        s = max(float(scale_px) / 2 ** o, 2.0)
+        f = _spline_noise(rng, shape, s) if s >= 40.0 else _fine_noise(rng, shape, s)
+        if out is None:
+            out = f if amp == 1.0 else f * np.float32(amp)
+        else:
+            out += f * np.float32(amp)
         total += amp * amp
         amp *= persistence
-    out = my @ coarse @ mx.T
-    out *= 1.0 / (0.5 * math.sqrt(total))  # sum of squared 2-D cubic B-spline weights ~ 0.25
+    if total != 1.0:
+        out *= np.float32(1.0 / math.sqrt(total))
     return out
 
 
@@ -82,9 +80,12 @@ def upsample_linear(coarse: np.ndarray, shape: Tuple[int, int], scale: float) ->
 
     r0, tr = axis(h, coarse.shape[0])
     c0, tc = axis(w, coarse.shape[1])
-    rows = coarse[r0] * (1 - tr)[:, None] + coarse[r0 + 1] * tr[:, None]       # (h, k)
-    out = rows[:, c0] * (1 - tc)[None, :]
-    out += rows[:, c0 + 1] * tc[None, :]
+    # Interpolate along columns on the small coarse grid first; the full-size pass then only
+    # gathers whole rows (contiguous copies).
+    cols = coarse[:, c0] * (1 - tc)[None, :] + coarse[:, c0 + 1] * tc[None, :]   # (k, w)
+    out = cols[r0]
+    out *= (1 - tr)[:, None]
+    out += cols[r0 + 1] * tr[:, None]
     return out
 
 
@@ -175,3 +176,15 @@ def hash_uniform(ids: np.ndarray, salt: int) -> np.ndarray:
     x *= np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
     return (x >> np.uint64(40)).astype(np.float64) / float(1 << 24)
+
+
+def table_bits(n_pixels: int) -> int:
+    """Size (log2) of per-object random lookup tables: large enough that distinct objects rarely
+    share an entry, small enough that drawing the table is cheap for small patches."""
+    return int(min(20, max(10, math.ceil(math.log2(max(n_pixels, 2))) - 3)))
+
+
+def object_keys(ids: np.ndarray, bits: int) -> np.ndarray:
+    """Hash integer ids into [0, 2**bits) (Knuth multiplicative hash on 32 bits)."""
+    prod = ids.astype(np.uint32) * np.uint32(2654435761)
+    return (prod >> np.uint32(32 - bits)).astype(np.int32)

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from .canvas import ID_POOL
-from .noise import blur, smooth_noise
+from .noise import blur, object_keys, smooth_noise, table_bits
 from .params import LandCover as LC
 from .params import OpticalParams, Zone
 from .raycast import direction_colrow, occluder_height, surface_normals
@@ -77,11 +77,6 @@ def _tables():
 _COLOURS, _VAR_LUT, _TEX = _tables()
 
 
-def _object_keys(object_id: np.ndarray) -> np.ndarray:
-    """Hash object ids into a 2^20 table index (Knuth multiplicative hash on 32 bits)."""
-    return ((object_id.astype(np.uint32) * np.uint32(2654435761)) >> np.uint32(12)).astype(np.int32)
-
-
 def materials(scene: Scene) -> np.ndarray:
     m = scene.landcover.copy()
     m[(m == LC.BUILDING) & (scene.zone == Zone.SUBURBAN)] = M_SUBURB_ROOF
@@ -99,10 +94,11 @@ def reflectance(scene: Scene, rng: np.random.Generator, texture: float = 1.0, ni
     h, w = scene.shape
     g = scene.gsd
     mat = materials(scene)
-    key = _object_keys(scene.object_id)
-    t1 = rng.random(1 << 20, dtype=np.float32)
-    t2 = rng.random(1 << 20, dtype=np.float32)
-    tint = rng.normal(1.0, 0.03 * texture, (4, 1 << 20)).astype(np.float32)
+    bits = table_bits(h * w)
+    key = object_keys(scene.object_id, bits)
+    t1 = rng.random(1 << bits, dtype=np.float32)
+    t2 = rng.random(1 << bits, dtype=np.float32)
+    tint = rng.normal(1.0, 0.03 * texture, (4, 1 << min(bits, 14))).astype(np.float32)
     choice = (t1[key] * _LUT_BINS).astype(np.int32)
     var = _VAR_LUT[mat, choice]
     amp_grain, amp_patch, amp_rows, amp_obj = (_TEX[i][mat] * np.float32(texture) for i in range(4))
@@ -114,7 +110,7 @@ def reflectance(scene: Scene, rng: np.random.Generator, texture: float = 1.0, ni
     patch += 0.5 * smooth_noise(rng, (h, w), max(8.0 / g, 2.5))
     tex = bright * (1.0 + amp_grain * grain + amp_patch * patch + amp_rows * scene.row_texture)
     np.maximum(tex, 0.2, out=tex)
-    kt = key & 0xFFFF
+    kt = key & ((1 << min(bits, 14)) - 1)
     nb = 4 if nir else 3
     out = np.empty((nb, h, w), np.float32)
     for b in range(nb):
@@ -165,9 +161,14 @@ def _facade_colour(rng, n):
     return base[rng.integers(0, len(base), n)]
 
 
-def relief_displace(img: np.ndarray, scene: Scene, p: OpticalParams, rng: np.random.Generator) -> np.ndarray:
+def relief_displace(img: np.ndarray, scene: Scene, p: OpticalParams, rng: np.random.Generator,
+                    cover: Optional[np.ndarray] = None) -> np.ndarray:
     """Off-nadir view: elevated pixels lean away from the sensor by h*tan(off_nadir); facades facing
-    the sensor fill the gap between a building's base and its displaced roof (painter's order)."""
+    the sensor fill the gap between a building's base and its displaced roof (painter's order).
+
+    ``cover`` (bool (H, W)), if given, is set True where a leaning object or facade now hides
+    what is on the ground there.
+    """
     if p.off_nadir <= 0:
         return img
     tan_v = math.tan(math.radians(p.off_nadir))
@@ -210,6 +211,8 @@ def relief_displace(img: np.ndarray, scene: Scene, p: OpticalParams, rng: np.ran
         light = 0.55 + 0.45 * max(sun_side, 0.0)
         for b in range(out.shape[0]):
             out[b].ravel()[(tr * w + tc)[ok]] = (fcol[:, b] * band * light)[ok]
+        if cover is not None:
+            cover.ravel()[(tr * w + tc)[ok]] = True
     tr = np.rint(r - dr * shift).astype(np.int64)
     tc = np.rint(c - dc * shift).astype(np.int64)
     ok = (tr >= 0) & (tr < h) & (tc >= 0) & (tc < w)
@@ -217,6 +220,8 @@ def relief_displace(img: np.ndarray, scene: Scene, p: OpticalParams, rng: np.ran
     dst = (tr * w + tc)[ok]
     for b in range(out.shape[0]):
         out[b].ravel()[dst] = img[b].ravel()[src]
+    if cover is not None:
+        cover.ravel()[dst] = True
     return out
 
 
@@ -238,13 +243,16 @@ def to_display(radiance: np.ndarray, p: OpticalParams) -> np.ndarray:
 
 
 def render_optical_clean(scene: Scene, p: OpticalParams, rng: np.random.Generator,
-                         psf_sigma_px: Optional[float] = None) -> np.ndarray:
-    """Noise-free display image (bands, H, W) in [0, 1] on the scene grid, PSF applied."""
+                         psf_sigma_px: Optional[float] = None, cover: Optional[np.ndarray] = None) -> np.ndarray:
+    """Noise-free display image (bands, H, W) in [0, 1] on the scene grid, PSF applied.
+
+    ``cover``: optional bool (H, W) array set True where off-nadir leaning objects hide the ground.
+    """
     nir = p.bands == "pan"
     refl = reflectance(scene, rng, p.texture, nir=nir, greenness=p.greenness)
     ill = illumination(scene, p, refl.shape[0])
     refl *= ill
-    refl = relief_displace(refl, scene, p, rng)
+    refl = relief_displace(refl, scene, p, rng, cover)
     img = to_display(refl, p)
     sig = p.blur_sigma if psf_sigma_px is None else psf_sigma_px
     if sig > 0.05:

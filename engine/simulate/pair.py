@@ -96,19 +96,11 @@ def simulate_pair_arrays(scene: SceneParams = SceneParams(), optical: OpticalPar
     if ratio > 1.0:   # anti-alias before decimation
         psf = math.hypot(psf, 0.45 * ratio)
     max_h = float(big.ndsm.max())
-    # Optical: render only the part of the big scene the misregistered image samples (plus what
-    # casts shadows into it, what leans into it off-nadir, and the PSF support).
-    cs = np.linspace(0, wo, 17)
-    rs = np.linspace(0, ho, 17)
-    cc, rr = np.meshgrid(cs, rs)
-    nom = np.column_stack([opt_tf.c + cc.ravel() * go, opt_tf.f - rr.ravel() * go])
-    tru = model.true_xy(nom)
-    tcol = (tru[:, 0] - big_tf.c) / g
-    trow = (big_tf.f - tru[:, 1]) / g
-    pad = (max_h / math.tan(math.radians(optical.sun_elevation))
-           + max_h * math.tan(math.radians(optical.off_nadir))) / g + 4 * psf + 4
-    ob = _box(trow.min() - pad, trow.max() + pad, tcol.min() - pad, tcol.max() + pad, big.shape)
-    clean = render_optical_clean(big.crop(*ob), optical, rng_opt, psf_sigma_px=psf)
+    # Optical: the whole margin scene is rendered (not just what the misregistered image samples)
+    # so the true-grid rendering does not depend on the misregistration.
+    ob = (0, 0) + big.shape
+    cover = np.zeros((ob[2], ob[3]), bool)
+    clean = render_optical_clean(big.crop(*ob, copy=False), optical, rng_opt, psf_sigma_px=psf, cover=cover)
     sub_tf = _affine(big_tf.c + ob[1] * g, big_tf.f - ob[0] * g, g)
     opt_float = resample_optical(clean, sub_tf, opt_tf, (ho, wo), model, order=misreg.order)
     opt_float = add_noise(opt_float, optical.noise_std, rng_opt)
@@ -123,13 +115,16 @@ def simulate_pair_arrays(scene: SceneParams = SceneParams(), optical: OpticalPar
     drow = abs(math.cos(math.radians(sar.look_azimuth)))
     bc, br = reach * dcol + 4 + 3 * sar.blur_sigma, reach * drow + 4 + 3 * sar.blur_sigma
     sb = _box(m - br, m + h + br, m - bc, m + w + bc, big.shape)
-    sig_sub = render_sar(big.crop(*sb), sar, rng_sar)
+    sig_sub = render_sar(big.crop(*sb, copy=False), sar, rng_sar)
     sigma0 = np.ascontiguousarray(sig_sub[m - sb[0]:m - sb[0] + h, m - sb[1]:m - sb[1] + w])
     sar_out = sar_to_output(sigma0, sar.output, sar.db_range)
     scene_c = big.crop(m, m, h, w)
     scene_c.params = scene
 
-    pts = pick_check_points(model, opt_tf, (ho, wo), sar_tf, (h, w), scene_c.ndsm, rng_pts)
+    # Check points avoid elevated pixels and, off-nadir, ground hidden behind leaning objects.
+    hidden = cover[m - ob[0]:m - ob[0] + h, m - ob[1]:m - ob[1] + w]
+    pts = pick_check_points(model, opt_tf, (ho, wo), sar_tf, (h, w), np.where(hidden, np.float32(99), scene_c.ndsm),
+                            rng_pts)
     truth = {
         "format": TRUTH_FORMAT,
         "crs": crs,

@@ -23,11 +23,15 @@ def direction_colrow(azimuth_deg: float) -> Tuple[float, float]:
 
 
 def _running_max_rows(a: np.ndarray, rise: float, k_max: int) -> np.ndarray:
-    """out[:, c] = max_{1<=k<=K} a[:, c+k] - k*rise, with K >= k_max (a power of two)."""
+    """out[:, c] = max_{1<=k<=K} a[:, c+k] - (k - 1/2)*rise, with K >= k_max (a power of two).
+
+    Occluders are cells, not points: the near edge of the cell k steps away is only k - 1/2 steps
+    away, so the ray is half a step lower there (this removes a half-pixel shadow-length bias).
+    """
     h, w = a.shape
     out = np.full_like(a, NEG)
     if w > 1:
-        np.subtract(a[:, 1:], np.float32(rise), out=out[:, :-1])
+        np.subtract(a[:, 1:], np.float32(0.5 * rise), out=out[:, :-1])
     k = 1
     while k < k_max and k < w:
         tmp = out[:, k:] - np.float32(k * rise)
@@ -78,9 +82,6 @@ def occluder_height(dsm: np.ndarray, azimuth_deg: float, elevation_deg: float, g
         for c0, c1, o in runs:
             sheared[omax - o: omax - o + hh, c0:c1] = a[:, c0:c1]
     run = _running_max_rows(sheared, rise, k_max)
-    # Occluders are cells, not points: the near edge of the cell k steps away is k - 1/2 steps
-    # away, so the ray there is half a step lower (removes a half-pixel shadow-length bias).
-    run += np.float32(0.5 * rise)
     # Unshear: original (r, c) sits at sheared row r - off[c] + omax.
     if len(runs) == 1:
         res = run

@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .noise import blur, gaussian_kernel, smooth_noise
-from .optical import materials, M_POOL, M_SUBURB_ROOF, N_MAT, _object_keys
+from .noise import blur, gaussian_kernel, object_keys, smooth_noise, table_bits
+from .optical import M_POOL, M_SUBURB_ROOF, N_MAT, materials
 from .params import LandCover as LC
 from .params import SarParams
 from .raycast import direction_colrow, occluder_height, splat, surface_normals
@@ -93,8 +93,9 @@ def sar_mean(scene: Scene, p: SarParams = SarParams(), rng: Optional[np.random.G
     pol = _POL[p.polarization]
     tab = _SIG_TABS[p.polarization]
     a0, slope, obj_std, patch_amp = (tab[i][mat] for i in range(4))
-    key = _object_keys(scene.object_id)
-    obj = rng.standard_normal(1 << 20).astype(np.float32)
+    bits = table_bits(h * w)
+    key = object_keys(scene.object_id, bits)
+    obj = rng.standard_normal(1 << bits, dtype=np.float32)
     patch = smooth_noise(rng, (h, w), max(25.0 / g, 3.0), octaves=2)
     tx = np.float32(p.texture)
     db = a0 + slope * (np.minimum(theta_loc, 89.0) - 35.0) + (tx * obj_std) * obj[key] + (tx * patch_amp) * patch
@@ -109,18 +110,18 @@ def sar_mean(scene: Scene, p: SarParams = SarParams(), rng: Optional[np.random.G
     roof_db = (FLAT_ROOF_DB + pol["roof"] + (PITCHED_ROOF_DB - FLAT_ROOF_DB) * pitch
                + tx * obj_std.ravel()[rr] * obj[key.ravel()[rr]])
     tl = theta_loc.ravel()[rr]
-    sig.ravel()[rr] = np.exp(roof_db * LN10_10) + 6.0 * np.exp(-(tl / 9.0) ** 2)
+    flash = 6.0 * math.exp(pol["roof"] * LN10_10)
+    sig.ravel()[rr] = np.exp(roof_db * LN10_10) + flash * np.exp(-(tl / 9.0) ** 2)
     sig[theta_loc >= 89.0] *= 0.05                     # facing away from the sensor
     # Point targets (RCS in m^2 over the pixel area): cars / rooftop equipment, roof corners.
-    pts = scene.clutter.copy()
-    edge = roofs & ~_eroded(roofs)
-    pts |= edge & (rng.random((h, w), dtype=np.float32) < 0.05 * tx)
-    pts |= roofs & (rng.random((h, w), dtype=np.float32) < 0.004 * g * g * tx)
-    n_pts = int(pts.sum())
-    if n_pts:
-        rcs = np.exp((POINT_RCS_DBSM + pol["point"] + 5.0 * rng.standard_normal(n_pts).astype(np.float32))
+    edge = (roofs & ~_eroded(roofs)).ravel()[rr]
+    prob = np.where(edge, 0.05 * tx, 0.004 * g * g * tx).astype(np.float32)
+    on_roof = rr[rng.random(rr.size, dtype=np.float32) < prob]
+    pts = np.union1d(np.flatnonzero(scene.clutter.ravel()), on_roof)
+    if pts.size:
+        rcs = np.exp((POINT_RCS_DBSM + pol["point"] + 5.0 * rng.standard_normal(pts.size).astype(np.float32))
                      * LN10_10)
-        sig[pts] += rcs / (g * g)
+        sig.ravel()[pts] += rcs / (g * g)
 
     # Radar shadow: hidden from the sensor (ray climbing at 90 - theta).
     maxh = float(scene.ndsm.max()) + 2.0
@@ -192,8 +193,9 @@ def _walls(scene: Scene, p: SarParams, rng: np.random.Generator, occ: np.ndarray
     facing = np.clip((nx * look_e + ny * look_n) / norm, 0.0, 1.0)
     bld = is_bld[wr, wc]
     # Per-building wall brightness.
-    key = _object_keys(scene.building_id[wr, wc])
-    wall_var = p.texture * rng.normal(0.0, 2.5, 1 << 20).astype(np.float32)[key]
+    bits = min(table_bits(h * w), 16)
+    key = object_keys(scene.building_id[wr, wc], bits)
+    wall_var = np.float32(2.5 * p.texture) * rng.standard_normal(1 << bits, dtype=np.float32)[key]
     pol = _POL[p.polarization]
     tree_sig = np.exp(_SIG_TABS[p.polarization][0][LC.TREE] * LN10_10)
     # A wall pixel images g*tan(theta) of wall height over g of wall length: area ratio tan(theta).
@@ -216,7 +218,7 @@ def _walls(scene: Scene, p: SarParams, rng: np.random.Generator, occ: np.ndarray
     # Double bounce where the wall foot is visible: a line at the base, very aspect dependent.
     foot = bld & (low <= f_nd + 0.5)
     if foot.any():
-        db_var = p.texture * rng.normal(0.0, 3.0, 1 << 20).astype(np.float32)[key[foot]]
+        db_var = np.float32(3.0 * p.texture) * rng.standard_normal(1 << bits, dtype=np.float32)[key[foot]]
         # Line target: energy per metre of wall over a pixel of g x g -> scales with 1/g.
         amp = np.exp((DOUBLE_BOUNCE_DBM + pol["dbl"] + db_var) * LN10_10) / g * (facing[foot] ** 8 + 0.03)
         shift = f_nd[foot] / tan_t / g + 0.5

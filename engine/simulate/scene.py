@@ -62,13 +62,14 @@ class Scene:
         """bool (H, W): pixels whose visible surface is above ground level (roofs, canopy, bridges)."""
         return self.ndsm > ELEVATED_M
 
-    def crop(self, r0: int, c0: int, h: int, w: int) -> "Scene":
+    def crop(self, r0: int, c0: int, h: int, w: int, copy: bool = True) -> "Scene":
+        """Sub-scene of rows [r0, r0 + h) and columns [c0, c0 + w); ``copy=False`` shares memory."""
         sl = (slice(r0, r0 + h), slice(c0, c0 + w))
-        return Scene(dtm=self.dtm[sl].copy(), ndsm=self.ndsm[sl].copy(),
-                     landcover=self.landcover[sl].copy(), building_id=self.building_id[sl].copy(),
-                     object_id=self.object_id[sl].copy(), zone=self.zone[sl].copy(),
-                     row_texture=self.row_texture[sl].copy(), clutter=self.clutter[sl].copy(),
-                     gsd=self.gsd, params=self.params)
+        f = (lambda a: a[sl].copy()) if copy else (lambda a: a[sl])
+        return Scene(dtm=f(self.dtm), ndsm=f(self.ndsm), landcover=f(self.landcover),
+                     building_id=f(self.building_id), object_id=f(self.object_id), zone=f(self.zone),
+                     row_texture=f(self.row_texture), clutter=f(self.clutter), gsd=self.gsd,
+                     params=self.params)
 
 
 def generate_scene(params: SceneParams = SceneParams()) -> Scene:

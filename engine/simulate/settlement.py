@@ -16,6 +16,7 @@ import numpy as np
 
 from .canvas import (ID_BLOCK, ID_LOT, ID_POOL, ID_ROAD, ID_SUBURB_BUILDING, ID_URBAN_BUILDING,
                      Canvas, Cells, Grid)
+from .noise import object_keys, table_bits
 from .params import LandCover as LC
 from .params import Zone
 
@@ -130,6 +131,7 @@ def _urban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
     _write(canvas, parts.side_idx, lc=LC.PAVED, height=0.0, obj=ID_BLOCK + parts.side_block, bid=0,
            trees=street_trees[parts.side_block], clutter=0.002, zone=Zone.URBAN)
     idx, c = parts.inner_idx, parts.inner
+    bits = min(18, table_bits(canvas.n))
 
     # Block types: 0 perimeter, 1 towers, 2 hall + parking, 3 park, 4 plaza/parking, 5 old town.
     btype = rng.choice(6, nb, p=[0.52, 0.1, 0.12, 0.1, 0.06, 0.1]).astype(np.uint8)
@@ -156,7 +158,7 @@ def _urban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
         sw_ = segw[b]
         seg = (np.minimum(s // sw_, 31) * 32 + np.minimum(t // sw_, 31)).astype(np.int64)
         sid = bid_base[m] + seg
-        hseg = _lut_uniform(rng, sid, 3)
+        hseg = _lut_uniform(rng, sid, 3, bits)
         fl = np.maximum(2.0, floors_mu[b] * (0.7 + 0.6 * hseg[0]))
         hgt = fl * FLOOR_M + 0.8
         tall = hseg[1] < 0.04
@@ -177,7 +179,7 @@ def _urban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
         qi = (s >= lu / 2).astype(np.int64)
         qj = (t >= lv / 2).astype(np.int64)
         sid = bid_base[m] + qi * 2 + qj
-        h = _lut_uniform(rng, sid, 4)
+        h = _lut_uniform(rng, sid, 4, bits)
         cx = (qi + 0.5) * lu / 2 + (h[0] - 0.5) * lu * 0.1
         cy = (qj + 0.5) * lv / 2 + (h[1] - 0.5) * lv * 0.1
         hx = lu / 4 * (0.45 + 0.35 * h[2])
@@ -195,7 +197,7 @@ def _urban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
     if m.any():
         s, t, lu, lv, b = c.s[m], c.t[m], c.lu[m], c.lv[m], c.block[m]
         sid = bid_base[m]
-        h = _lut_uniform(rng, sid, 4)
+        h = _lut_uniform(rng, sid, 4, bits)
         bld = ((s > 3 + 12 * h[0]) & (s < lu - 3 - 12 * h[1]) & (t > 3 + 12 * h[2])
                & (t < lv - 3 - 12 * h[3]))
         lc[m] = np.where(bld, LC.BUILDING, LC.PAVED)
@@ -224,7 +226,7 @@ def _urban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
         ci = np.minimum(s // cw, 31)
         cj = np.minimum(t // cw, 31)
         sid = bid_base[m] + (ci * 32 + cj).astype(np.int64)
-        h = _lut_uniform(rng, sid, 3)
+        h = _lut_uniform(rng, sid, 3, bits)
         a = s - ci * cw
         d = t - cj * cw
         gap = 1.5 + 2.0 * h[2]
@@ -250,6 +252,7 @@ def _suburban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
     _write(canvas, parts.side_idx, lc=LC.GRASS, height=0.0, obj=ID_BLOCK + parts.side_block, bid=0,
            trees=street_trees[parts.side_block], clutter=0.0, zone=Zone.SUBURBAN)
     idx, c = parts.inner_idx, parts.inner
+    bits = min(18, table_bits(canvas.n))
 
     # Block types: 0 houses, 1 park, 2 commercial hall + parking, 3 apartment slabs.
     btype = rng.choice(4, nb, p=[0.8, 0.06, 0.07, 0.07]).astype(np.uint8)
@@ -282,7 +285,7 @@ def _suburban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
         lw_eff = np.minimum(lw, ll - k * lw)
         d = np.where(row == 1, ls - bs, bs)
         depth_avail = np.where(two_rows, ls / 2, ls)
-        h = _lut_uniform(rng, lot, 8)
+        h = _lut_uniform(rng, lot, 8, bits)
         has = (h[0] < 0.9) & (lw_eff > 9)
         hw = np.maximum(lw_eff * (0.45 + 0.3 * h[1]), 6.0)
         ac = lw_eff / 2 + (h[2] - 0.5) * (lw_eff - hw) * 0.8
@@ -323,7 +326,7 @@ def _suburban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
     if m.any():
         s, t, lu, lv = c.s[m], c.t[m], c.lu[m], c.lv[m]
         sid = ID_SUBURB_BUILDING + c.block[m].astype(np.int64) * 128 + 127
-        h = _lut_uniform(rng, sid, 3)
+        h = _lut_uniform(rng, sid, 3, bits)
         mx = np.maximum(6, lu * (0.12 + 0.15 * h[0]))
         my = np.maximum(6, lv * (0.15 + 0.1 * h[1]))
         bld = (s > mx) & (s < lu - mx * 0.6) & (t > my) & (t < lv - my * 0.6)
@@ -342,7 +345,7 @@ def _suburban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
         seglen = 45.0
         seg = np.minimum(al // seglen, 15)
         sid = ID_SUBURB_BUILDING + c.block[m].astype(np.int64) * 128 + 64 + (slab * 4 + seg % 4).astype(np.int64)
-        h = _lut_uniform(rng, sid, 2)
+        h = _lut_uniform(rng, sid, 2, bits)
         bld = ((bs - slab * period) > 8) & ((bs - slab * period) < 20) & ((al - seg * seglen) > 6) \
             & (bs < ls - 6) & (h[1] < 0.85)
         lc[m] = np.where(bld, LC.BUILDING, LC.GRASS)
@@ -356,13 +359,11 @@ def _suburban(canvas: Canvas, rng, grid: Grid, parts: _Parts) -> None:
            zone=Zone.SUBURBAN)
 
 
-def _lut_uniform(rng: np.random.Generator, ids: np.ndarray, k: int) -> list:
-    """``k`` independent uniform [0,1) float32 values per id, via random tables (ids hashed to 2^18).
+def _lut_uniform(rng: np.random.Generator, ids: np.ndarray, k: int, bits: int = 18) -> list:
+    """``k`` independent uniform [0,1) float32 values per id, via random tables (ids hashed to 2^bits).
 
     Collisions only make two far-apart objects share attributes, which is harmless here.
     """
-    prod = (ids.astype(np.uint64) * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
-    key = (prod >> np.uint64(12)).astype(np.int64)
-    key >>= np.int64(2)
-    tabs = rng.random((k, 1 << 18), dtype=np.float32)
+    key = object_keys(ids, bits)
+    tabs = rng.random((k, 1 << bits), dtype=np.float32)
     return [tabs[i][key] for i in range(k)]
