@@ -15,6 +15,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+bench: setup
+	$(PY) -m bench --full
+
+bench-quick: setup
+	$(PY) -m bench --quick
+
 package:
 	python3 scripts/package.py --out dist
 

@@ -83,7 +83,20 @@ def _progress(tag: str):
     return cb
 
 
-def run_patches(cfg: Config, methods: tuple[str, ...], jobs: int) -> dict:
+def _dump(work: Path, name: str, recs) -> None:
+    """Keep the per-pair records (bench_output/, git-ignored) for later analysis."""
+    import json
+
+    from .patches import records_to_json
+    from .report import _no_nan
+
+    try:
+        (work / name).write_text(json.dumps(_no_nan(records_to_json(recs))))
+    except OSError as exc:
+        _log(f"could not write {name}: {exc}")
+
+
+def run_patches(cfg: Config, methods: tuple[str, ...], jobs: int, work: Path) -> dict:
     from .heldout import kind_for, patch_scene_seeds
     from .patches import PatchTask, run_tasks, summarise
 
@@ -91,6 +104,7 @@ def run_patches(cfg: Config, methods: tuple[str, ...], jobs: int) -> dict:
     tasks = [PatchTask("sim", seed, cfg.pairs_per_scene, methods, kind=kind_for(i), size=cfg.patch_scene_size)
              for i, seed in enumerate(patch_scene_seeds(n_scenes))]
     recs, errors = run_tasks(tasks, jobs, _progress("patch scenes"))
+    _dump(work, "records_patches_sim.json", recs)
     out = summarise(recs, list(methods))
     out["task_errors"] = errors
     out["note"] = (f"{n_scenes} held-out scenes ({cfg.patch_scene_size}² px, seeds from "
@@ -101,7 +115,7 @@ def run_patches(cfg: Config, methods: tuple[str, ...], jobs: int) -> dict:
     return out
 
 
-def run_real(cfg: Config, methods: tuple[str, ...], peers: tuple[str, ...], jobs: int) -> dict:
+def run_real(cfg: Config, methods: tuple[str, ...], peers: tuple[str, ...], jobs: int, work: Path) -> dict:
     from .patches import run_tasks, summarise
     from .realdata import gf3_paths, real_patch_tasks
     from .scenes import consistency_text, run_real_scene
@@ -110,6 +124,7 @@ def run_real(cfg: Config, methods: tuple[str, ...], peers: tuple[str, ...], jobs
     out: dict = {"notes": notes, "sets": {}}
     if tasks:
         recs, errors = run_tasks(tasks, jobs, _progress("real pairs"))
+        _dump(work, "records_real.json", recs)
         notes += [f"task failed: {e}" for e in errors]
         set_notes = {
             "s1s2_volkov": "Sentinel-1 VH / Sentinel-2 RGB, 10 m. Labels good to about ±3 px only (README), so "
@@ -263,7 +278,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs"), help="folder for benchmarks.json and BENCHMARKS.md")
     ap.add_argument("--work", default=str(ROOT / "bench_output"), help="scratch folder (git-ignored)")
     ap.add_argument("--no-install", action="store_true", help="do not pip-install missing peer packages")
+    ap.add_argument("--render-only", action="store_true",
+                    help="only re-render BENCHMARKS.md from the existing benchmarks.json in --out")
     args = ap.parse_args(argv)
+    if args.render_only:
+        import json
+
+        from .report import write
+
+        out_dir = Path(args.out)
+        write(json.loads((out_dir / "benchmarks.json").read_text()), out_dir / "benchmarks.json",
+              out_dir / "BENCHMARKS.md")
+        return 0
 
     t_start = time.time()
     cfg = Config(full=args.full)
@@ -298,6 +324,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         "notes": notes,
     }
     out_dir = Path(args.out)
+    if set(sections) != set(SECTIONS) and (out_dir / "benchmarks.json").exists():
+        # Rerunning some sections: keep the others from the last run (same mode only).
+        import json
+
+        old = json.loads((out_dir / "benchmarks.json").read_text())
+        if old.get("meta", {}).get("mode") == res["meta"]["mode"]:
+            for k in ("patch_sim", "real", "scenes", "speed", "memory"):
+                if k in old:
+                    res[k] = old[k]
+            res["meta"]["merged_from"] = {"date": old["meta"].get("date"), "command": old["meta"].get("command")}
+            res["meta"]["command"] = old["meta"].get("command", res["meta"]["command"])
+            res["notes"].append(f"sections {', '.join(sections)} rerun on {res['meta']['date']} "
+                                f"({cmd.strip()}); the others are from {old['meta'].get('date')}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="scenes_", dir=work))
@@ -307,8 +346,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         write(res, out_dir / "benchmarks.json", out_dir / "BENCHMARKS.md")
 
     runners = {
-        "patches": lambda: run_patches(cfg, methods, args.jobs),
-        "real": lambda: run_real(cfg, methods, peers, args.jobs),
+        "patches": lambda: run_patches(cfg, methods, args.jobs, work),
+        "real": lambda: run_real(cfg, methods, peers, args.jobs, work),
         "scenes": lambda: run_scenes(cfg, methods, peers, scratch),
         "speed": lambda: run_speed(cfg, methods, scratch),
         "memory": lambda: run_memory(cfg, scratch),
@@ -328,6 +367,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             res["notes"].append(f"section {s} failed: {type(exc).__name__}: {exc}")
         _log(f"section {s} done in {time.time() - t0:.0f} s")
         save()
+    save()
     _log(f"wrote {out_dir / 'BENCHMARKS.md'} and benchmarks.json in {time.time() - t_start:.0f} s")
     return 0
 

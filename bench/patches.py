@@ -248,8 +248,12 @@ def errors_of(records: list[PairRecord], method: str) -> np.ndarray:
     return l2_errors(pred, truth)
 
 
-def summarise(records: list[PairRecord], methods: list[str], loose: tuple[float, ...] = (5.0,)) -> dict:
-    """Thesis metrics per method: all pairs, after each method's own filter, and per scene kind."""
+def summarise(records: list[PairRecord], methods: list[str], loose: tuple[float, ...] = (5.0, 32.0)) -> dict:
+    """Thesis metrics per method: all pairs, after each method's own filter, and per scene kind.
+
+    ``loose`` adds "% within t" columns: 5 px for the ±3 px-labelled sets, and 32 px, the support of
+    the mAP (a method with few matches within 32 px can have a small mAP; this shows how few).
+    """
     from collections import Counter
 
     from .metrics import patch_metrics, within
@@ -277,6 +281,13 @@ def summarise(records: list[PairRecord], methods: list[str], loose: tuple[float,
             out["by_kind"][k] = {m: patch_metrics(errors_of(sub, m)).to_dict() for m in methods}
             out["by_kind"][k]["n_pairs"] = len(sub)
     return out
+
+
+def records_to_json(records: list[PairRecord]) -> list[dict]:
+    """Per-pair results (no images) for re-analysis without rerunning the methods."""
+    from dataclasses import asdict
+
+    return [asdict(r) for r in records]
 
 
 def _bias(records: list[PairRecord], method: str, within_px: float = 5.0) -> dict:
