@@ -104,7 +104,7 @@ def run_patches(cfg: Config, methods: tuple[str, ...], jobs: int, work: Path) ->
     tasks = [PatchTask("sim", seed, cfg.pairs_per_scene, methods, kind=kind_for(i), size=cfg.patch_scene_size)
              for i, seed in enumerate(patch_scene_seeds(n_scenes))]
     recs, errors = run_tasks(tasks, jobs, _progress("patch scenes"))
-    _dump(work, "records_patches_sim.json", recs)
+    _dump(work, f"records_patches_sim_{'full' if cfg.full else 'quick'}.json", recs)
     out = summarise(recs, list(methods))
     out["task_errors"] = errors
     out["note"] = (f"{n_scenes} held-out scenes ({cfg.patch_scene_size}² px, seeds from "
@@ -124,7 +124,7 @@ def run_real(cfg: Config, methods: tuple[str, ...], peers: tuple[str, ...], jobs
     out: dict = {"notes": notes, "sets": {}}
     if tasks:
         recs, errors = run_tasks(tasks, jobs, _progress("real pairs"))
-        _dump(work, "records_real.json", recs)
+        _dump(work, f"records_real_{'full' if cfg.full else 'quick'}.json", recs)
         notes += [f"task failed: {e}" for e in errors]
         set_notes = {
             "s1s2_volkov": "Sentinel-1 VH / Sentinel-2 RGB, 10 m. Labels good to about ±3 px only (README), so "
@@ -368,6 +368,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         _log(f"section {s} done in {time.time() - t0:.0f} s")
         save()
     save()
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)  # simulated scenes and the tiled 16k pairs (GBs); cheap to redo
     _log(f"wrote {out_dir / 'BENCHMARKS.md'} and benchmarks.json in {time.time() - t_start:.0f} s")
     return 0
 

@@ -1,7 +1,9 @@
 """``python -m bench.memprobe SAR OPT METHOD [N_TARGET]``: one pipeline run, prints JSON with peak RSS.
 
-Runs in its own interpreter so ``ru_maxrss`` measures this pipeline run only (not the benchmark
-process, which holds test pairs and results).
+Runs in its own interpreter so the peak measures this pipeline run only. The peak is the kernel's
+``VmHWM`` (high-water mark of *this* address space), not ``ru_maxrss``: Linux carries ``ru_maxrss``
+over from the parent through fork + exec, so a child of a big benchmark process would report the
+parent's size.
 """
 from __future__ import annotations
 
@@ -11,13 +13,25 @@ import sys
 import time
 
 
+def peak_rss_mb() -> float:
+    """VmHWM in MB (falls back to ru_maxrss where /proc is missing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def main(argv: list[str]) -> int:
     sar, opt, method = argv[:3]
     n_target = int(argv[3]) if len(argv) > 3 else 300
     from engine.params import MatchParams
     from engine.pipeline import match_pair
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     out: dict = {"method": method}
     try:
@@ -26,7 +40,7 @@ def main(argv: list[str]) -> int:
                    grid=[res.pair.grid.height, res.pair.grid.width], error="")
     except Exception as exc:  # report what happened, the caller records it
         out.update(seconds=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}"[:300])
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["peak_rss_mb"] = peak_rss_mb()
     out["import_rss_mb"] = base
     print(json.dumps(out))
     return 0

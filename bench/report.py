@@ -239,6 +239,14 @@ def render(res: dict) -> str:
             out.append(_table(["scene px", "method", "peak RSS MB", "time s", "error"],
                               [[str(r.get("size")), _label(r.get("method", "")), _f(r.get("peak_rss_mb"), 0),
                                 _f(r.get("seconds"), 1), r.get("error", "")[:150]] for r in mem]))
+            ok = [r for r in mem if not r.get("error") and r.get("peak_rss_mb")]
+            if ok:
+                big = max(ok, key=lambda r: r["size"])
+                bpp = big["peak_rss_mb"] * 1024 * 1024 / float(big["size"]) ** 2
+                out.append(f"\nAt {big['size']}² the run peaks at ≈{bpp:.0f} bytes per grid pixel (the pipeline "
+                           "holds the whole area of interest in memory: raw bands, unit images, masks, candidate "
+                           f"maps), so memory grows with the area: about {bpp * 32768 ** 2 / 2 ** 30:.0f} GB would be "
+                           "needed for a 32768² pair.")
             out.append("")
         elif sp.get("memory_note"):
             out.append(sp["memory_note"] + "\n")
