@@ -1,7 +1,6 @@
 """Error of a fitted correction against simulator ground truth (check points)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +17,11 @@ class CheckpointError:
 
 
 def checkpoint_error(transform, truth_path: str, pixel_size: float) -> CheckpointError:
-    with open(truth_path, encoding="utf-8") as fh:
-        truth = json.load(fh)
-    cps = truth["check_points"]
-    nominal = np.array([[c["nominal_x"], c["nominal_y"]] for c in cps], float)
-    true = np.array([[c["true_x"], c["true_y"]] for c in cps], float)
+    from .simulate.truth import load_truth
+
+    cps = load_truth(truth_path).check_points
+    nominal, true = np.asarray(cps.nominal_xy, float), np.asarray(cps.true_xy, float)
     before = np.hypot(*(nominal - true).T) / pixel_size
     after = np.hypot(*(transform.apply(nominal) - true).T) / pixel_size
-    return CheckpointError(n=len(cps), before_px=float(np.sqrt(np.mean(before ** 2))),
+    return CheckpointError(n=len(nominal), before_px=float(np.sqrt(np.mean(before ** 2))),
                            after_px=float(np.sqrt(np.mean(after ** 2))), max_after_px=float(after.max()))

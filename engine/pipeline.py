@@ -121,10 +121,6 @@ candidates inside; bounds memory (about 36 bytes per pixel of a padded block) in
 scene size."""
 
 
-def _mask_or_none(m: np.ndarray) -> Optional[np.ndarray]:
-    return None if m.all() else m
-
-
 def match_candidates(sar: np.ndarray, opt: np.ndarray, points: np.ndarray, params: MatchParams,
                      report=None, valid: Optional[np.ndarray] = None,
                      block: int = DESCRIPTOR_BLOCK) -> list[PatchMatch]:
@@ -144,8 +140,7 @@ def match_candidates(sar: np.ndarray, opt: np.ndarray, points: np.ndarray, param
         if report is not None:
             report(k / max(len(points), 1))
         out.append(matcher(sar[r - s2:r + s2, c - s2:c + s2], opt[r - t2:r + t2, c - t2:c + t2],
-                           _mask_or_none(valid[r - s2:r + s2, c - s2:c + s2]),
-                           _mask_or_none(valid[r - t2:r + t2, c - t2:c + t2])))
+                           valid[r - s2:r + s2, c - s2:c + s2], valid[r - t2:r + t2, c - t2:c + t2]))
     return out
 
 
@@ -171,8 +166,7 @@ def _match_structural_blocks(sar, opt, valid, points, params, report, block) -> 
                 report(done / max(len(points), 1))
             r, c = points[i, 0] - r0, points[i, 1] - c0
             out[i] = match_descriptors(ds[:, r - s2:r + s2, c - s2:c + s2], dt[:, r - t2:r + t2, c - t2:c + t2],
-                                       _mask_or_none(vb[r - s2:r + s2, c - s2:c + s2]),
-                                       _mask_or_none(vb[r - t2:r + t2, c - t2:c + t2]))
+                                       vb[r - s2:r + s2, c - s2:c + s2], vb[r - t2:r + t2, c - t2:c + t2])
             done += 1
     return out  # type: ignore[return-value]
 
@@ -265,7 +259,6 @@ def compute_stats(tieset: TieSet, n_candidates: int, grid) -> MatchStats:
         dy = float(np.median([p.dy for p in inl]))
         st.shift_m = (dx, dy)
         st.shift_px = (dx / tieset.pixel_size, -dy / tieset.pixel_size)
-        xy = np.array([[p.sar_col, p.sar_row] for p in inl])
         st.coverage = float(hull_coverage(np.array([[p.sar_x, p.sar_y] for p in inl]), _grid_rect(grid)))
     return st
 
@@ -302,6 +295,9 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
                  resolution=params.resolution, sar_band=params.sar_band, opt_bands=params.opt_bands,
                  min_size=search)
     sar, opt, valid = timed("Preprocessing", preprocess_pair, pair, params)
+    # Later stages work on the [0, 1] images; drop the raw pixels (16 bytes per grid pixel) now
+    # rather than keeping them alive in the result until the caller lets go of it.
+    pair.sar = pair.optical = None
     points = timed("Finding candidates", find_candidates, sar, opt, valid, params)
     if len(points) == 0:
         raise TooFewPointsError(

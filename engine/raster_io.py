@@ -91,10 +91,12 @@ class Grid:
 class GridPair:
     """Both images on the common grid, with validity masks and the source descriptions."""
 
-    sar: np.ndarray
-    """(H, W) float32, SAR values as stored (linear, dB or DN); invalid pixels are NaN."""
-    optical: np.ndarray
-    """(B, H, W) float32, optical bands resampled with the optical's current georeference."""
+    sar: Optional[np.ndarray]
+    """(H, W) float32, SAR values as stored (linear, dB or DN); invalid pixels are NaN.
+    ``match_pair`` releases it (None) once the preprocessed image exists."""
+    optical: Optional[np.ndarray]
+    """(B, H, W) float32, optical bands resampled with the optical's current georeference
+    (released like ``sar``)."""
     sar_valid: np.ndarray
     opt_valid: np.ndarray
     grid: Grid

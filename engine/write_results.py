@@ -49,8 +49,12 @@ def output_paths(result: MatchResult, out_dir: str, corrected: bool, checkerboar
     )
 
 
+def _thumb_step(shape: tuple[int, ...]) -> int:
+    return max(int(np.ceil(max(shape) / CHECKER_MAX)), 1)
+
+
 def _thumb(a: np.ndarray) -> np.ndarray:
-    step = int(np.ceil(max(a.shape) / CHECKER_MAX))
+    step = _thumb_step(a.shape)
     return a[::step, ::step] if step > 1 else a
 
 
@@ -82,8 +86,9 @@ def write_results(result: MatchResult, out_dir: str, corrected: bool = True, che
                              lambda f, *_: progress(0.2 + 0.7 * f, "Warping the optical raster"), cancel)
             placed.append(paths.corrected)
             if paths.checker_after:
-                after = _reread_on_grid(result, paths.corrected)
-                write_checkerboard_png(paths.checker_after, _thumb(result.sar_unit), _thumb(after))
+                sar_thumb = _thumb(result.sar_unit)
+                after = _reread_on_thumbnail_grid(result, paths.corrected, sar_thumb.shape)
+                write_checkerboard_png(paths.checker_after, sar_thumb, after)
                 placed.append(paths.checker_after)
         summary = result.summary()
         summary["outputs"] = {k: v for k, v in asdict(paths).items() if v}
@@ -118,12 +123,22 @@ def _write_corrected(result: MatchResult, dst: str, progress, cancel: CancelToke
     warp_with_transform(result.pair.opt_info.path, dst, result.transform, wkt, progress=progress, cancel=cancel)
 
 
-def _reread_on_grid(result: MatchResult, path: str) -> np.ndarray:
+def _reread_on_thumbnail_grid(result: MatchResult, path: str, shape: tuple[int, int]) -> np.ndarray:
+    """The corrected raster read directly at checkerboard size (never the full grid): pixel k of
+    the coarse grid is centred on pixel k·step of the matching grid, where ``_thumb`` samples."""
+    from rasterio.enums import Resampling
+    from rasterio.transform import Affine
+
+    from .raster_io import Grid
+
+    grid = result.pair.grid
+    step = _thumb_step((grid.height, grid.width))
+    half = (step - 1) / 2.0
+    thumb = Grid(crs=grid.crs, width=shape[1], height=shape[0],
+                 transform=grid.transform * Affine.translation(-half, -half) * Affine.scale(step))
     info = open_raster(path, "corrected optical")
     bands = list(range(1, min(info.count, 3) + 1))
-    from rasterio.enums import Resampling
-
-    arr, valid = _read_onto(info, bands, result.pair.grid, Resampling.bilinear)
+    arr, valid = _read_onto(info, bands, thumb, Resampling.bilinear)
     gray = preprocess.optical_to_gray(arr)
     unit, _ = preprocess.optical_to_unit(gray, valid)
     return unit

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError, MatcherError, TooFewPointsError
-from .transforms import MIN_POINTS, Transform, _as_xy, _check_kind, _check_weights, fit_transform
+from .transforms import MIN_POINTS, Transform, _check_inputs, _check_kind, fit_transform
 
 
 @dataclass
@@ -68,12 +68,7 @@ def robust_fit(
     that): a model supported only by the points it was computed from has not been checked by
     anything, so it is no evidence of a consensus.
     """
-    kind = _check_kind(kind)
-    src = _as_xy(src, "src")
-    dst = _as_xy(dst, "dst")
-    if len(src) != len(dst):
-        raise InputError(f"src and dst must have the same number of points, got {len(src)} and {len(dst)}")
-    w = _check_weights(weights, len(src))
+    kind, src, dst, w = _check_inputs(kind, src, dst, weights)
     try:
         threshold = float(threshold)
     except (TypeError, ValueError) as exc:

@@ -261,12 +261,7 @@ def fit_transform(
     ``tps`` only (in normalised units; 0 = exact interpolation). ``estimator`` ('median'/'mean')
     overrides the shift estimator.
     """
-    kind = _check_kind(kind)
-    src = _as_xy(src, "src")
-    dst = _as_xy(dst, "dst")
-    if len(src) != len(dst):
-        raise InputError(f"src and dst must have the same number of points, got {len(src)} and {len(dst)}")
-    w = _check_weights(weights, len(src))
+    kind, src, dst, w = _check_inputs(kind, src, dst, weights)
     use = w > 0
     src_u, dst_u, w_u = src[use], dst[use], w[use]
     _require_points(kind, src_u)
@@ -418,6 +413,17 @@ def _fit_tps(src: np.ndarray, dst: np.ndarray, w: Optional[np.ndarray], smoothin
 # --------------------------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------------------------
+
+
+def _check_inputs(kind: str, src: Any, dst: Any,
+                  weights: Optional[np.ndarray]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (kind, src, dst, weights) shared by every fitting entry point."""
+    kind = _check_kind(kind)
+    src = _as_xy(src, "src")
+    dst = _as_xy(dst, "dst")
+    if len(src) != len(dst):
+        raise InputError(f"src and dst must have the same number of points, got {len(src)} and {len(dst)}")
+    return kind, src, dst, _check_weights(weights, len(src))
 
 
 def _check_kind(kind: str) -> str:

@@ -115,12 +115,7 @@ def warp_with_gcps(
                     kwargs["dstNodata"] = dst_nodata
                 if dst_alpha:
                     kwargs["dstAlpha"] = True
-                res = gdal.Warp(tmp, vrt, options=gdal.WarpOptions(**kwargs))
-                if res is None:
-                    fail("Warping", errs, cancel)
-                res.FlushCache()
-                res = None
-                raise_if_cancelled(cancel)
+                _finish(gdal.Warp(tmp, vrt, options=gdal.WarpOptions(**kwargs)), "Warping", errs, cancel)
         finally:
             vrt = None
             gdal.Unlink(vrt_path)
@@ -294,16 +289,23 @@ def _copy_with_geotransform(src, out: Path, gt: Sequence[float], crs_wkt: Option
             if crs_wkt:
                 vrt.SetProjection(crs_wkt)
             with atomic_path(out) as tmp:
-                res = gdal.Translate(tmp, vrt, format="GTiff", creationOptions=list(creation_options),
-                                     callback=make_gdal_callback(progress, cancel, "Writing corrected raster"))
-                if res is None:
-                    fail("Writing the corrected raster", errs, cancel)
-                res.FlushCache()
-                res = None
-                raise_if_cancelled(cancel)
+                _finish(gdal.Translate(tmp, vrt, format="GTiff", creationOptions=list(creation_options),
+                                       callback=make_gdal_callback(progress, cancel, "Writing corrected raster")),
+                        "Writing the corrected raster", errs, cancel)
         finally:
             vrt = None
             gdal.Unlink(vrt_path)
+
+
+def _finish(res, what: str, errs, cancel) -> None:
+    """Close a GDAL output written inside ``atomic_path``: a failure or a cancel raises, so the
+    temporary file is removed instead of being renamed into place. Pass the dataset straight from
+    the GDAL call (hold no other reference) so it is really closed before the rename."""
+    if res is None:
+        fail(what, errs, cancel)
+    res.FlushCache()
+    res = None
+    raise_if_cancelled(cancel)
 
 
 def _open_raster(path: PathLike):
