@@ -214,7 +214,7 @@ class WarpAlgorithm(_Base):
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Corrected raster"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        from ..engine.geometry import fit_transform
+        from ..engine.geometry import fit_transform, residual_norms, rmse
         from ..engine.outputs.warp import warp_with_transform
 
         src = _path(self.parameterAsRasterLayer(parameters, self.INPUT, context), "input")
@@ -233,8 +233,7 @@ class WarpAlgorithm(_Base):
                 raise QgsProcessingException("Give either a tie-point layer or a .points file.")
             feedback.pushInfo(f"Fitting a {kind} transform to {len(s)} tie points.")
             t = fit_transform(kind, s, d)
-            res = np.hypot(*(t.apply(s) - d).T)
-            feedback.pushInfo(f"Residual RMSE {math.sqrt(float(np.mean(res ** 2))):.3f} map units.")
+            feedback.pushInfo(f"Residual RMSE {rmse(residual_norms(t, s, d)):.3f} map units.")
             warp_with_transform(src, out, t, crs_wkt, resampling=resampling, progress=_progress(feedback),
                                 cancel=_token(feedback))
         except MatcherError as exc:

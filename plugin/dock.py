@@ -63,7 +63,7 @@ from .layers import LayerError, insert_above, load_tie_layers, pixel_size_m, ras
 from .notice import Notice
 from .review import ReviewSession, TiePointModel
 from .settings import DockSettings
-from .tasks import MatchTask, WarpTask
+from .tasks import EngineTask, MatchTask, WarpTask
 
 METHODS = (("structural", "Structural (oriented gradients)"), ("ncc", "Normalised cross-correlation"),
            ("mi", "Mutual information"), ("deep", "Deep (Hughes' three networks)"))
@@ -550,14 +550,26 @@ class MatcherDock(QgsDockWidget):
             return None
         self.notice.clear()
         task = MatchTask(sar, opt, params, out, on_done=self._match_done)
-        task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
-        task.stageChanged.connect(self.stage.setText)
         self.task = task
         self._task_layers = (self.sar_combo.currentLayer().id(), self.opt_combo.currentLayer().id())
-        self._set_busy(True)
         self.stage.setText("Starting…")
-        QgsApplication.taskManager().addTask(task)
+        self._launch(task)
         return task
+
+    def _launch(self, task: EngineTask) -> None:
+        """Show ``task``'s progress and stage in the dock and hand it to QGIS's task manager."""
+        task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        task.stageChanged.connect(self.stage.setText)
+        self._set_busy(True)
+        QgsApplication.taskManager().addTask(task)
+
+    def _report_failure(self, task: EngineTask) -> bool:
+        """Show why ``task`` failed or was cancelled; False when it succeeded."""
+        if not task.error:
+            return False
+        self.stage.setText("Cancelled." if task.was_cancelled else "Failed.")
+        self.message(task.error, Qgis.MessageLevel.Info if task.was_cancelled else Qgis.MessageLevel.Critical)
+        return True
 
     def cancel(self) -> None:
         for t in (self.task, self.warp_task):
@@ -568,9 +580,7 @@ class MatcherDock(QgsDockWidget):
     def _match_done(self, task: MatchTask) -> None:
         self.task = None
         self._set_busy(False)
-        if task.error:
-            self.stage.setText("Cancelled." if task.was_cancelled else "Failed.")
-            self.message(task.error, Qgis.MessageLevel.Info if task.was_cancelled else Qgis.MessageLevel.Critical)
+        if self._report_failure(task):
             return
         self.last_task = task
         try:
@@ -716,21 +726,16 @@ class MatcherDock(QgsDockWidget):
         if not path.lower().endswith((".tif", ".tiff")):
             path += ".tif"
         task = WarpTask(s.opt_path, path, s.transform, s.crs_wkt, on_done=self._warp_done)
-        task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
-        task.stageChanged.connect(self.stage.setText)
         self.warp_task = task
-        self._set_busy(True)
         self.corrected_button.setEnabled(False)
-        QgsApplication.taskManager().addTask(task)
+        self._launch(task)
         return task
 
     def _warp_done(self, task: WarpTask) -> None:
         self.warp_task = None
         self._set_busy(False)
         self._update_review()
-        if task.error:
-            self.stage.setText("Cancelled." if task.was_cancelled else "Failed.")
-            self.message(task.error, Qgis.MessageLevel.Info if task.was_cancelled else Qgis.MessageLevel.Critical)
+        if self._report_failure(task):
             return
         original = QgsProject.instance().mapLayer(self.session.opt_layer_id) if self.session else None
         name = f"{original.name() if original else os.path.basename(task.src_path)} (corrected)"

@@ -22,7 +22,7 @@ from qgis.PyQt.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, QTim
 from qgis.PyQt.QtGui import QBrush, QColor
 
 from ..engine.errors import MatcherError
-from ..engine.geometry import fit_transform
+from ..engine.geometry import fit_transform, residual_norms
 from ..engine.types import TiePoint, TieSet
 
 INLIER, FLAGGED = "inlier", "flagged"
@@ -108,15 +108,14 @@ class ReviewSession(QObject):
         """(transform, residuals px for every feature, error message) from the inliers' current state."""
         feats = self.features() if feats is None else feats
         src, dst, inl = self._arrays(feats)
-        ok = inl & np.all(np.isfinite(src), axis=1) & np.all(np.isfinite(dst), axis=1)
+        fin = np.all(np.isfinite(src), axis=1) & np.all(np.isfinite(dst), axis=1)
         try:
-            t = fit_transform(self.kind, src[ok], dst[ok])
+            t = fit_transform(self.kind, src[inl & fin], dst[inl & fin])
         except MatcherError as exc:
             return None, np.full(len(feats), np.nan), str(exc)
         res = np.full(len(feats), np.nan)
-        fin = np.all(np.isfinite(src), axis=1) & np.all(np.isfinite(dst), axis=1)
         if fin.any():
-            res[fin] = np.hypot(*(t.apply(src[fin]) - dst[fin]).T) / self.pixel_size
+            res[fin] = residual_norms(t, src[fin], dst[fin]) / self.pixel_size
         return t, res, ""
 
     def refresh(self) -> None:

@@ -10,22 +10,26 @@ from dataclasses import asdict, dataclass, fields
 
 from qgis.core import QgsSettings
 
+from ..engine.params import MatchParams
+
 PREFIX = "SarOpticalMatcher/"
+_ENGINE = MatchParams()
+"""The engine's defaults, so the dock starts from the same options as the CLI and Processing."""
 
 
 @dataclass
 class DockSettings:
-    method: str = "structural"
-    transform: str = "affine"
+    method: str = _ENGINE.method
+    transform: str = _ENGINE.transform
     max_offset: float = 0.0
     """0 means 'automatic' (the engine's default search window, about ±64 px)."""
     max_offset_unit: str = "m"
     """'m' (metres on the ground) or 'px' (SAR pixels)."""
-    n_target: int = 300
-    template_size: int = 128
-    search_size: int = 256
-    min_quality: float = 1.05
-    ransac_threshold_px: float = 2.0
+    n_target: int = _ENGINE.n_target
+    template_size: int = _ENGINE.template_size
+    search_size: int = _ENGINE.search_size
+    min_quality: float = _ENGINE.min_quality
+    ransac_threshold_px: float = _ENGINE.ransac_threshold_px
     aoi_mode: str = "overlap"
     output_folder: str = ""
     write_vrt: bool = False
