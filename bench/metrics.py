@@ -112,8 +112,3 @@ def patch_metrics(errors: np.ndarray, keep: Optional[np.ndarray] = None) -> Patc
     )
 
 
-def rmse(values: np.ndarray) -> float:
-    """Root mean square of finite values (NaN when there are none)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return float(np.sqrt(np.mean(v * v))) if v.size else float("nan")

@@ -203,25 +203,23 @@ def run_tasks(tasks: list[PatchTask], jobs: int = 2,
     """Run tasks on ``jobs`` processes (1 = in-process, easier to debug); keeps task order."""
     records: list[PairRecord] = []
     errors: list[str] = []
-    if jobs <= 1:
-        results = map(run_task, tasks)
+
+    def collect(results: Iterable[tuple[list[PairRecord], str]]) -> None:
         for i, (recs, err) in enumerate(results):
-            records += recs
+            records.extend(recs)
             if err:
                 errors.append(err)
             if progress:
                 progress(i + 1, len(tasks))
+
+    if jobs <= 1:
+        collect(map(run_task, tasks))
         return records, errors
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     with ctx.Pool(jobs, initializer=_worker_init, maxtasksperchild=20) as pool:
-        for i, (recs, err) in enumerate(pool.imap(run_task, tasks)):
-            records += recs
-            if err:
-                errors.append(err)
-            if progress:
-                progress(i + 1, len(tasks))
+        collect(pool.imap(run_task, tasks))
     return records, errors
 
 

@@ -132,14 +132,14 @@ def _srif_pairs(root: Path, i: str, n_pairs: int, rng: np.random.Generator) -> l
     valid = mask & sv & ov
     sar = np.where(valid, sar, 0.0)
     out: list[PatchPair] = []
-    c = SEARCH // 2
+    c, t2 = SEARCH // 2, TEMPLATE // 2
+    chip_valid = valid.mean() >= 0.6
     for d_off in random_offsets(rng, 8 * n_pairs):
         if len(out) >= n_pairs:
             break
         win, tpl = cut_pair(sar, opt, c, c, d_off)
         ri, ci = c + int(np.floor(d_off[0])), c + int(np.floor(d_off[1]))
-        t2 = TEMPLATE // 2
-        if valid[ri - t2:ri + t2, ci - t2:ci + t2].mean() < 0.95 or valid.mean() < 0.6 or tpl.std() < 0.02:
+        if not chip_valid or valid[ri - t2:ri + t2, ci - t2:ci + t2].mean() < 0.95 or tpl.std() < 0.02:
             continue
         out.append(PatchPair(win, tpl, (float(d_off[0]), float(d_off[1])), "srif_aligned", "srif_aligned"))
     return out

@@ -16,7 +16,6 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -146,10 +145,10 @@ def score_peer(peer_res, grid, truth: str, base: SceneRow, method: str) -> list[
 
 
 def _before_only(truth: str, pixel_size: float) -> float:
-    import json
+    from engine.simulate.truth import load_truth
 
-    cps = json.loads(Path(truth).read_text())["check_points"]
-    d = np.array([[c["nominal_x"] - c["true_x"], c["nominal_y"] - c["true_y"]] for c in cps], float)
+    cps = load_truth(truth).check_points
+    d = cps.nominal_xy - cps.true_xy
     return float(np.sqrt(np.mean(np.sum(d * d, axis=1)))) / pixel_size
 
 

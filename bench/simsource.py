@@ -66,44 +66,15 @@ def write_scene_pair(work: Path, name: str, seed: int, kind: str, size: int,
         # Odd seeds always get the affine part, even seeds never: both kinds are in every run of >= 2.
         misreg = MisregParams.random(rng, max_shift=30.0, max_warp_px=2.0, p_affine=float(seed % 2))
     work.mkdir(parents=True, exist_ok=True)
+    # simulate_pair writes <name>_sar.tif, <name>_opt.tif and <name>_truth.json.
     cached = [work / f"{name}_{t}" for t in ("sar.tif", "opt.tif", "truth.json")]
     if all(p.exists() for p in cached):  # same seed and name -> same pair; skip re-simulating
         sar_p, opt_p, truth_p = (str(p) for p in cached)
     else:
         out = simulate_pair(str(work), name, scene=sp, optical=op, sar=sar, misreg=misreg)
-        sar_p, opt_p, truth_p = _paths(out, work, name)
+        sar_p, opt_p, truth_p = out.sar, out.optical, out.truth
     desc = (f"shift ({misreg.shift[0]:+.1f}, {misreg.shift[1]:+.1f}) px, rot {misreg.rotation_deg:+.2f}°, "
             f"scale {misreg.scale:.4f}, shear {misreg.shear:+.4f}, warp {misreg.warp_px:.1f} px")
     desc += f"; gsd {sp.gsd:.1f} m, incidence {sar.incidence:.0f}°, look az {sar.look_azimuth:.0f}°"
     return sar_p, opt_p, truth_p, desc
 
-
-def _paths(out, work: Path, name: str) -> tuple[str, str, str]:
-    """Find the SAR / optical / truth files whatever shape ``simulate_pair``'s return value has."""
-    cand: dict[str, str] = {}
-    if isinstance(out, dict):
-        items = out.items()
-    elif hasattr(out, "__dict__"):
-        items = vars(out).items()
-    else:
-        items = []
-    for k, v in items:
-        if isinstance(v, (str, Path)):
-            lk = k.lower()
-            for role in ("sar", "opt", "truth"):
-                if role in lk and role not in cand:
-                    cand[role] = str(v)
-    if len(cand) < 3:
-        files = sorted(p for p in work.glob(f"{name}*") if p.is_file())
-        for p in files:
-            n = p.name.lower()
-            if n.endswith(".json") and "truth" not in cand:
-                cand["truth"] = str(p)
-            elif n.endswith((".tif", ".tiff")) and "sar" in n and "sar" not in cand:
-                cand["sar"] = str(p)
-            elif n.endswith((".tif", ".tiff")) and "opt" in n and "opt" not in cand:
-                cand["opt"] = str(p)
-    missing = {"sar", "opt", "truth"} - set(cand)
-    if missing:
-        raise FileNotFoundError(f"simulate_pair output for {name}: could not find {sorted(missing)} in {work}")
-    return cand["sar"], cand["opt"], cand["truth"]

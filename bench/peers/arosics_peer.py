@@ -108,14 +108,15 @@ def match_scene(sar_path: str, opt_path: str, grid, n_target: int = 300, window:
                              max_shift=max_shift, nodata=(sar_nodata, opt_nodata), tieP_filter_level=3,
                              CPUs=1, q=True, ignore_errors=True, progress=False)
             tab = cr.CoRegPoints_table
-        n_raw = int(np.sum(np.isfinite(tab["X_SHIFT_M"].to_numpy(float)) & (tab["X_SHIFT_M"] != -9999)))
-        ok = (tab["X_SHIFT_M"].to_numpy(float) != -9999) & np.isfinite(tab["X_SHIFT_M"].to_numpy(float))
+        x_shift = tab["X_SHIFT_M"].to_numpy(float)
+        ok = np.isfinite(x_shift) & (x_shift != -9999)   # windows that produced a shift at all
+        n_raw = int(ok.sum())
         if "OUTLIER" in tab:
             ok &= ~tab["OUTLIER"].fillna(True).astype(bool).to_numpy()
         x = tab["X_MAP"].to_numpy(float)[ok]
         y = tab["Y_MAP"].to_numpy(float)[ok]
         # Corrected georeference = nominal + shift (AROSICS moves the target by +shift).
-        tx = x + tab["X_SHIFT_M"].to_numpy(float)[ok]
+        tx = x + x_shift[ok]
         ty = y + tab["Y_SHIFT_M"].to_numpy(float)[ok]
         inv = ~grid.transform
         oc = np.array([inv * (a, b) for a, b in zip(x, y)], float).reshape(-1, 2)

@@ -98,14 +98,12 @@ def simulate_pair_arrays(scene: SceneParams = SceneParams(), optical: OpticalPar
     max_h = float(big.ndsm.max())
     # Optical: the whole margin scene is rendered (not just what the misregistered image samples)
     # so the true-grid rendering does not depend on the misregistration.
-    ob = (0, 0) + big.shape
-    cover = np.zeros((ob[2], ob[3]), bool)
-    clean = render_optical_clean(big.crop(*ob, copy=False), optical, rng_opt, psf_sigma_px=psf, cover=cover)
-    sub_tf = _affine(big_tf.c + ob[1] * g, big_tf.f - ob[0] * g, g)
-    opt_float = resample_optical(clean, sub_tf, opt_tf, (ho, wo), model, order=misreg.order)
+    cover = np.zeros(big.shape, bool)
+    clean = render_optical_clean(big, optical, rng_opt, psf_sigma_px=psf, cover=cover)
+    opt_float = resample_optical(clean, big_tf, opt_tf, (ho, wo), model, order=misreg.order)
     opt_float = add_noise(opt_float, optical.noise_std, rng_opt)
     opt_out = quantize(opt_float, optical.bits)
-    optical_true = clean[:, m - ob[0]:m - ob[0] + h, m - ob[1]:m - ob[1] + w].copy()
+    optical_true = clean[:, m:m + h, m:m + w].copy()
 
     # SAR: layover brings in objects from up to h/tan(theta) away from the sensor and shadows come
     # from up to h*tan(theta) towards it, along the look direction only.
@@ -122,7 +120,7 @@ def simulate_pair_arrays(scene: SceneParams = SceneParams(), optical: OpticalPar
     scene_c.params = scene
 
     # Check points avoid elevated pixels and, off-nadir, ground hidden behind leaning objects.
-    hidden = cover[m - ob[0]:m - ob[0] + h, m - ob[1]:m - ob[1] + w]
+    hidden = cover[m:m + h, m:m + w]
     pts = pick_check_points(model, opt_tf, (ho, wo), sar_tf, (h, w), np.where(hidden, np.float32(99), scene_c.ndsm),
                             rng_pts)
     truth = {

@@ -112,7 +112,11 @@ def _plant_trees(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
     if not trunks.any():
         return canopy
     sigma = 2.0 / g
-    k0 = float(gaussian_kernel(sigma)[len(gaussian_kernel(sigma)) // 2]) if sigma > 0.05 else 1.0
+    if sigma > 0.05:
+        k = gaussian_kernel(sigma)
+        k0 = float(k[len(k) // 2])   # peak weight: one trunk's blurred value at its own pixel is k0**2
+    else:
+        k0 = 1.0
     prof = blur(trunks.reshape(canvas.H, canvas.W).astype(np.float32), sigma).ravel() * (1.0 / (k0 * k0))
     forest = canvas.tree_density >= 0.03
     thr = np.where(forest, 0.16, 0.22).astype(np.float32)

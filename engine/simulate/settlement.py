@@ -66,22 +66,12 @@ def _members(grid: Grid, canvas: Canvas, cand: np.ndarray, in_zone_blk: np.ndarr
 
 def _write(canvas: Canvas, idx, lc=None, height=None, obj=None, bid=None, trees=None, clutter=None,
            zone=None, tree_h=None):
-    if lc is not None:
-        canvas.landcover[idx] = lc
-    if height is not None:
-        canvas.height[idx] = height
-    if obj is not None:
-        canvas.object_id[idx] = obj
-    if bid is not None:
-        canvas.building_id[idx] = bid
-    if trees is not None:
-        canvas.tree_density[idx] = trees
-    if clutter is not None:
-        canvas.clutter_density[idx] = clutter
-    if zone is not None:
-        canvas.zone[idx] = zone
-    if tree_h is not None:
-        canvas.tree_height[idx] = tree_h
+    """Set the given Canvas layers at flat indices ``idx``; layers left as None are not touched."""
+    for layer, value in (("landcover", lc), ("height", height), ("object_id", obj), ("building_id", bid),
+                         ("tree_density", trees), ("clutter_density", clutter), ("zone", zone),
+                         ("tree_height", tree_h)):
+        if value is not None:
+            getattr(canvas, layer)[idx] = value
 
 
 def _roads(canvas: Canvas, rng, grid: Grid, ridx, cells: Cells, zone: int, cars: float, p_bridge: float):
