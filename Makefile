@@ -4,15 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup demo test package bench bench-quick clean
+.PHONY: setup setup-training demo test package bench bench-quick clean
 
 setup:
 	@bash scripts/setup.sh $(VENV)
 
+setup-training:
+	@bash scripts/setup.sh --training $(VENV)
+
 demo: setup
 	$(PY) -m engine demo --out demo_output
 
-test: setup
+test: setup-training
 	$(PY) -m pytest -q
 
 bench: setup

@@ -23,8 +23,27 @@ def install_hint(missing: list[str]) -> str:
 
 
 def deep_models(plugin_dir: str) -> list[str]:
-    """The bundled ONNX models of the deep pipeline (empty until they are installed in models/)."""
+    """The bundled ONNX models of the deep pipeline, or [] when the deep method cannot run here."""
     import glob
     import os
 
+    if deep_unavailable_reason(plugin_dir):
+        return []
     return sorted(glob.glob(os.path.join(plugin_dir, "models", "*.onnx")))
+
+
+def deep_unavailable_reason(plugin_dir: str) -> str:
+    """'' when the deep method can be offered, else the short reason shown in the dock's tooltips.
+
+    Why two conditions: the model files can be installed before the engine's pipeline accepts the
+    'deep' method (the networks shipped one release before their scene pipeline)."""
+    import glob
+    import os
+
+    from ..engine.params import METHODS
+
+    if not glob.glob(os.path.join(plugin_dir, "models", "*.onnx")):
+        return "models not installed"
+    if "deep" not in METHODS:
+        return "deep scene pipeline not in this version yet"
+    return ""

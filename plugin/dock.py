@@ -57,7 +57,7 @@ from ..engine.errors import MatcherError
 from ..engine.params import MatchParams
 from .aoi import MODES as AOI_MODES
 from .aoi import AoiDrawer, AoiError, compute_aoi
-from .dependencies import deep_models
+from .dependencies import deep_models, deep_unavailable_reason
 from .export import export_gcps
 from .layers import LayerError, insert_above, load_tie_layers, pixel_size_m, raster_path
 from .notice import Notice
@@ -95,6 +95,7 @@ class MatcherDock(QgsDockWidget):
         self.canvas = iface.mapCanvas()
         self.settings = DockSettings.load()
         self.models = deep_models(plugin_dir)
+        self.no_deep = deep_unavailable_reason(plugin_dir) or NO_MODELS
         self.task: Optional[MatchTask] = None
         self.warp_task: Optional[WarpTask] = None
         self.last_task: Optional[MatchTask] = None
@@ -203,7 +204,7 @@ class MatcherDock(QgsDockWidget):
         self.method = QComboBox()
         for key, label in METHODS:
             self.method.addItem(label, key)
-        self._disable_item(self.method, self.method.findData("deep"), not self.models)
+        self._disable_item(self.method, self.method.findData("deep"), not self.models, self.no_deep)
         self.method.setToolTip("Similarity used to compare the optical template with the SAR search window")
         self.transform = QComboBox()
         for key, label in TRANSFORMS:
@@ -277,10 +278,10 @@ class MatcherDock(QgsDockWidget):
         for wdg in (self.orn_threshold, self.goodness, self.device):
             wdg.setEnabled(bool(self.models))
             if not self.models:
-                wdg.setToolTip(NO_MODELS)
+                wdg.setToolTip(self.no_deep)
         if not self.models:
-            self.deep_group.setTitle(f"Deep matching ({NO_MODELS})")
-            self.deep_group.setToolTip(NO_MODELS)
+            self.deep_group.setTitle(f"Deep matching ({self.no_deep})")
+            self.deep_group.setToolTip(self.no_deep)
         lay.addWidget(self.deep_group)
 
         g = QGroupBox("Output")
@@ -400,13 +401,13 @@ class MatcherDock(QgsDockWidget):
         return b
 
     @staticmethod
-    def _disable_item(combo: QComboBox, index: int, disabled: bool) -> None:
+    def _disable_item(combo: QComboBox, index: int, disabled: bool, tooltip: str = NO_MODELS) -> None:
         model = combo.model()
         if index < 0 or not isinstance(model, QStandardItemModel):
             return
         item = model.item(index)
         item.setEnabled(not disabled)
-        item.setToolTip(NO_MODELS if disabled else "")
+        item.setToolTip(tooltip if disabled else "")
 
     # ================================================================= settings
     def _apply_settings(self) -> None:

@@ -1,0 +1,197 @@
+"""Stamp measured metrics into the ONNX files, record their sha256, write MODEL_CARD.md + manifest.
+
+Why last: a file's sha256 changes whenever its metadata does, so metrics go in first and the
+checksum that the engine verifies (``engine.runtime.registry``) is taken of the final bytes.
+
+Metrics come from (a) each network's validation set (pool patches never trained on), stored in
+its checkpoint, and (b) the benchmark suite's held-out tables (``docs/benchmarks.json``: simulated
+patch test on seeds 900000+, and the real pairs), for the deep variants next to NCC, MI and the
+structural descriptor on the same pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from .corrasl import RUNS
+from .export import MODELS_DIR
+
+NETS = ("corrasl_sar", "corrasl_opt", "goodness_sar", "goodness_opt", "orn")
+RUN_OF = {"corrasl_sar": "corrasl", "corrasl_opt": "corrasl", "goodness_sar": "goodness_sar",
+          "goodness_opt": "goodness_opt", "orn": "orn"}
+PATCH_METHODS = ("ncc", "mi", "structural", "corrasl", "corrasl_orn", "goodness_corrasl", "deep_full")
+COMMANDS = {
+    "corrasl": "python -m models.training corrasl --size {size} --steps 1400 --minutes 52",
+    "labels": "python -m models.training labels --size {size} --n 3000",
+    "goodness_sar": "python -m models.training head goodness_sar --size {size} --steps 600",
+    "goodness_opt": "python -m models.training head goodness_opt --size {size} --steps 600",
+    "orn": "python -m models.training head orn --size {size} --steps 800",
+    "export": "python -m models.training export --size {size}",
+    "bench": "python -m bench --full --only patches,real --methods ncc,mi,structural,corrasl,corrasl_orn,"
+             "goodness_corrasl,deep_full --no-install",
+    "card": "python -m models.training card --size {size}",
+}
+
+
+def _ckpt_extra(run: str, size: str) -> dict:
+    import torch
+
+    p = RUNS / f"{run}_{size}" / "checkpoint.pt"
+    if not p.exists():
+        return {}
+    st = torch.load(p, map_location="cpu", weights_only=False)
+    return {"step": st["step"], **{k: v for k, v in st.get("extra", {}).items() if k != "args"},
+            "args": {k: v for k, v in st.get("extra", {}).get("args", {}).items() if k != "func"}}
+
+
+def _bench_metrics(bench: dict) -> dict:
+    out: dict = {}
+    ps = bench.get("patch_sim", {})
+    if ps:
+        out["simulated_patch_test"] = {"n_pairs": ps.get("n_pairs"), "seeds": "900000+ (held out)",
+                                       **{m: _slim(ps["all"].get(m), ps.get("kept", {}).get(m))
+                                          for m in PATCH_METHODS if m in ps.get("all", {})}}
+    for name, st in bench.get("real", {}).get("sets", {}).items():
+        if "all" in st:
+            out[f"real_{name}"] = {"n_pairs": st.get("n_pairs"),
+                                   **{m: _slim(st["all"].get(m), st.get("kept", {}).get(m))
+                                      for m in PATCH_METHODS if m in st.get("all", {})}}
+    return out
+
+
+def _slim(a, k) -> dict:
+    if not a:
+        return {}
+    r = {x: round(a[x], 3) for x in ("accuracy", "within_2px", "within_3px", "mean_l2", "mAP") if a.get(x) is not None}
+    if k:
+        r["kept"] = k.get("n_kept")
+        r["kept_accuracy"] = None if k.get("accuracy") is None else round(k["accuracy"], 3)
+    return r
+
+
+def write_card(args: argparse.Namespace) -> Path:
+    import onnx
+
+    from engine.runtime.registry import sha256_of
+
+    size = args.size
+    bench_path = Path(args.bench)
+    bench = json.loads(bench_path.read_text()) if bench_path.exists() else {}
+    bm = _bench_metrics(bench)
+    records = []
+    extras = {}
+    for net in NETS:
+        path = MODELS_DIR / f"{net}_{size}.onnx"
+        if not path.exists():
+            raise SystemExit(f"{path} missing: run the export stage first")
+        ex = _ckpt_extra(RUN_OF[net], size)
+        extras[net] = ex
+        val = {k: v for k, v in ex.items() if k.startswith("val_")}
+        metrics = {"validation": val, "benchmark": bm if net.startswith("corrasl") or net in ("orn",) else
+                   {k: {m: v for m, v in d.items() if m in ("n_pairs", "goodness_corrasl", "deep_full")}
+                    for k, d in bm.items()}}
+        model = onnx.load(str(path))
+        props = {p.key: p.value for p in model.metadata_props}
+        props["metrics"] = json.dumps(metrics)
+        props["benchmark_date"] = json.dumps(bench.get("meta", {}).get("date", ""))
+        del model.metadata_props[:]
+        for k, v in props.items():
+            p = model.metadata_props.add()
+            p.key, p.value = k, v
+        tmp = path.with_name(path.name + ".part")
+        onnx.save(model, str(tmp))
+        tmp.replace(path)
+        meta = {k: json.loads(v) for k, v in props.items()}
+        records.append({"name": net, "size": size, "file": path.name, "sha256": sha256_of(path),
+                        "bytes": path.stat().st_size,
+                        "metadata": {k: meta[k] for k in ("version", "input_px", "crop_px", "output_stride", "cell_px")
+                                     if k in meta}})
+    man_path = MODELS_DIR / "manifest.json"
+    doc = json.loads(man_path.read_text()) if man_path.exists() else {"models": []}
+    doc["models"] = [r for r in doc["models"] if r["size"] != size] + records
+    tmp = man_path.with_name("manifest.json.part")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(man_path)
+    card = MODELS_DIR / "MODEL_CARD.md"
+    text = render(size, records, extras, bm, bench)
+    tmp = card.with_name("MODEL_CARD.md.part")
+    tmp.write_text(text)
+    tmp.replace(card)
+    print(f"wrote {man_path} and {card}")
+    return card
+
+
+def _f(v, nd=1) -> str:
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def render(size: str, records: list, extras: dict, bm: dict, bench: dict) -> str:
+    from .export import TRAINING_DATA, VERSION
+    from .labels import NEG_ERR, POS_ERR
+    from .nets import WIDTHS
+
+    c = extras["corrasl_sar"]
+    L = [f"# Model card — SAR-Optical Matcher networks ({size}, version {VERSION})", "",
+         f"Generated by `python -m models.training card --size {size}` on "
+         f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}. Every file here was trained by this repository's own code "
+         "(`models/training/`) on its own simulator; no external weights.", ""]
+    if size == "lite":
+        L += ["**Size shipped: `lite`.** No GPU machine was lent to this task, so the published-width `full` "
+              "variant has not been trained yet; `lite` keeps every layer, kernel and stride of the thesis "
+              f"architecture with narrower channels ({WIDTHS['lite'].to_dict()}) and was trained on the "
+              "2-core CPU. `python -m models.training corrasl --size full --lr 1e-4 --schedule constant` (and the "
+              "later stages with `--size full`) trains the full variant on a GPU machine.", ""]
+    L += ["## Files", "", "| file | network | sha256 | bytes |", "|---|---|---|---|"]
+    for r in records:
+        L.append(f"| `{r['file']}` | {r['name']} | `{r['sha256']}` | {r['bytes']:,} |")
+    L += ["", "`models/manifest.json` holds the same checksums; the engine refuses a file whose sha256 differs.", "",
+          "## Training data", "", TRAINING_DATA + ".", "",
+          "Held-out: benchmark seeds 900000–999999 are never rendered for training (`bench/heldout.py`); "
+          "validation metrics below use pool patches excluded from training (every 10th patch). No real data "
+          "was used for training (the `s1s2_volkov` fine-tuning split is not made yet), so every real-pair "
+          "number below is on data the models never saw.", "",
+          "## Training runs (CPU, 2 cores)", "", "| network | command | steps | minutes | validation |",
+          "|---|---|---|---|---|"]
+    for net, run in (("corrasl_sar", "corrasl"), ("goodness_sar", "goodness_sar"), ("goodness_opt", "goodness_opt"),
+                     ("orn", "orn")):
+        ex = extras[net]
+        val = ", ".join(f"{k[4:]} {v:.3f}" for k, v in ex.items() if k.startswith("val_") and isinstance(v, float))
+        L.append(f"| {'CorrASL (both streams)' if run == 'corrasl' else net} | `{COMMANDS[run].format(size=size)}` | "
+                 f"{ex.get('step', '–')} | {_f((ex.get('seconds') or 0) / 60)} | {val} |")
+    lab = extras["goodness_sar"]
+    L += ["", f"Goodness/ORN labels: `{COMMANDS['labels'].format(size=size)}` (CorrASL run over 3,000 training-pool "
+          f"pairs). Positive: loss ≤ t_pos and error ≤ {POS_ERR} px; negative: loss ≥ t_neg or error ≥ {NEG_ERR} px; "
+          f"the rest dropped, classes balanced. Re-derived thresholds for our loss scale (75th percentile of the "
+          f"loss of ≤1 px matches / 25th percentile of ≥2.5 px matches): t_pos = {_f(lab.get('t_pos'), 4)}, "
+          f"t_neg = {_f(lab.get('t_neg'), 4)}.", "",
+          f"Then: `{COMMANDS['export'].format(size=size)}`, `{COMMANDS['bench']}`, "
+          f"`{COMMANDS['card'].format(size=size)}`.", ""]
+    L += ["## Held-out accuracy (benchmark suite)", "",
+          f"From `docs/benchmarks.json` ({bench.get('meta', {}).get('date', 'not run')}, "
+          f"`{bench.get('meta', {}).get('command', '')}`). Accuracy = % within 1 px; mAP as in the thesis (lower is "
+          "better); kept = what the method's own filter passes (goodness/ORN ≥ 0.5).", ""]
+    for key, d in bm.items():
+        L += [f"### {key.replace('_', ' ')} ({d.get('n_pairs')} pairs)", "",
+              "| method | ≤1 px % | ≤2 px % | ≤3 px % | mean L2 px | mAP px | kept | ≤1 px % of kept |",
+              "|---|---|---|---|---|---|---|---|"]
+        for m in PATCH_METHODS:
+            if m in d and d[m]:
+                a = d[m]
+                L.append(f"| {m} | {_f(a.get('accuracy'))} | {_f(a.get('within_2px'))} | {_f(a.get('within_3px'))} | "
+                         f"{_f(a.get('mean_l2'), 2)} | {_f(a.get('mAP'), 2)} | {a.get('kept', '–')} | "
+                         f"{_f(a.get('kept_accuracy'))} |")
+        L.append("")
+    L += ["## Intended use and limits", "",
+          "* Inputs: SAR intensity (any scaling the engine detects) and optical (1–4+ bands → luminance), 1–10 m "
+          "pixels, resampled onto the SAR grid; template 128 px, search 256 px (±64 px reach, trained for ±32 px).",
+          "* Trained only on simulated scenes: real-data accuracy depends on how well the simulator covers the "
+          "real scene; see the real-pair tables above and docs/BENCHMARKS.md.",
+          "* Goodness/ORN outputs are reliability scores for ranking and flagging, not calibrated probabilities.", ""]
+    return "\n".join(L)
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", choices=("lite", "full"), default="lite")
+    p.add_argument("--bench", default=str(Path(__file__).resolve().parents[2] / "docs" / "benchmarks.json"))

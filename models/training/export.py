@@ -1,0 +1,150 @@
+"""Export trained checkpoints to the ONNX files the engine loads, with their metadata.
+
+One graph per network and modality, all fully convolutional with dynamic batch *and* spatial size
+(opset 18):
+
+* ``corrasl_sar``   image (N,1,H,W) -> L2-normalised features (N,C,(H-7)//2,(W-7)//2): 256 px -> 124
+* ``corrasl_opt``   image (N,1,h,w) -> features — 128 px -> 60
+* ``goodness_sar``, ``goodness_opt``  image (N,1,H,W) -> goodness map (N,1,H/32-3,W/32-3) in [0,1]
+* ``orn``           raw heatmap (N,65,65) -> reliability (N,) in [0,1] (min-max scaling inside)
+
+Why the correlation is not in a graph: a valid correlation of two feature maps with a per-pair
+kernel is a grouped convolution whose group count is the (dynamic) batch size, which ONNX cannot
+express; the engine computes it with numpy's FFT (``engine.runtime.correlate``), the same maths as
+``nets.fft_correlate`` used in training (tested against each other).
+
+``metadata_props`` carry JSON values: name, version, size, input sizes, preprocessing, output
+stride / cell mapping, training data and (added by ``card.py``) the measured metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint
+from .corrasl import RUNS
+from .data import INPUT_CENTRE, INPUT_SCALE
+from .nets import (CELL_PX, CENTRE_CELL, GOOD_FIELD, GOOD_STRIDE, HEATMAP, SEARCH_PX, TEMPLATE_PX, WIDTHS,
+                   CorrASL, Goodness, ORN)
+
+MODELS_DIR = Path(__file__).resolve().parents[1]
+VERSION = "1.0.0"
+OPSET = 18
+
+PREPROCESS = {
+    "sar": "sigma0 -> dB (10 log10 linear, 20 log10 amplitude, dB/DN as is) -> robust 1-99 % stretch to "
+           f"[0,1] over the scene -> (x - {INPUT_CENTRE}) * {INPUT_SCALE}",
+    "optical": "bands -> luminance (BT.709 for RGB, 1 band as is) -> robust 1-99 % stretch to [0,1] over "
+               f"the scene -> (x - {INPUT_CENTRE}) * {INPUT_SCALE}",
+    "input_centre": INPUT_CENTRE, "input_scale": INPUT_SCALE,
+}
+TRAINING_DATA = ("project simulator (engine.simulate.patches): 600 co-registered 512 px SAR/optical pool "
+                 "patches, seeds 1000-1599 (held-out benchmark seeds 900000-999999 excluded), rural/suburban/"
+                 "urban, 1-10 m GSD, incidence 20-50 deg, 1-4 looks, RGB and pan optical, random sun and "
+                 "off-nadir; augmentation: flips, speckle, blur, 8-bit quantisation, gamma/contrast, "
+                 "coarse dropout")
+
+
+class _Goodness(nn.Module):
+    def __init__(self, net: Goodness) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net.scene_map(image)
+
+
+class _ORN(nn.Module):
+    def __init__(self, net: ORN) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, heatmap: torch.Tensor) -> torch.Tensor:
+        return self.net(ORN.normalise(heatmap))
+
+
+def _common(size: str, seconds: float, steps: int) -> dict:
+    return {"version": VERSION, "size": size, "widths": WIDTHS[size].to_dict(), "preprocessing": PREPROCESS,
+            "gsd_m": [1.0, 10.0], "training_data": TRAINING_DATA,
+            "training": {"seconds": round(seconds), "steps": steps, "hardware": "CPU (2 cores)"}}
+
+
+def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: str, path: Path, meta: dict,
+            spatial_dynamic: bool = True) -> None:
+    import onnx
+
+    module.eval()
+    dims = {0: torch.export.Dim("batch", min=1, max=65536)}
+    if spatial_dynamic:
+        dims.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
+    arg = list(module.forward.__code__.co_varnames)[1]
+    tmp = path.with_name(path.name + ".part")
+    torch.onnx.export(module, (example,), str(tmp), input_names=[in_name], output_names=[out_name],
+                      opset_version=OPSET, dynamic_shapes={arg: dims}, dynamo=True, external_data=False)
+    model = onnx.load(str(tmp))
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, json.dumps(v)
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
+
+
+def export(args: argparse.Namespace) -> list[Path]:
+    size = args.size
+    out = Path(args.out or MODELS_DIR)
+    written = []
+
+    corr = CorrASL(size)
+    step, extra = checkpoint.load(RUNS / f"corrasl_{size}" / "checkpoint.pt", corr, None, None)
+    if step == 0:
+        raise SystemExit(f"no trained CorrASL {size} checkpoint")
+    base = _common(size, extra.get("seconds", 0.0), step)
+    geo = {"search_px": SEARCH_PX, "template_px": TEMPLATE_PX, "heatmap": HEATMAP, "cell_px": CELL_PX,
+           "centre_cell": CENTRE_CELL,
+           "cell_to_offset": "offset_px = (cell - centre_cell) * cell_px, template centre relative to the "
+                             "search window centre; features: pixel ~ 2*f + 4 (7x7 conv, stride-2 pool)"}
+    for mod, stream, px in (("sar", corr.sar, SEARCH_PX), ("opt", corr.opt, TEMPLATE_PX)):
+        p = out / f"corrasl_{mod}_{size}.onnx"
+        _export(stream, torch.randn(2, 1, px, px), "image", "features", p,
+                {"name": f"corrasl_{mod}", "network": "CorrASL feature stream", "modality": mod,
+                 "input_px": px, **geo, **base})
+        written.append(p)
+    for mod in ("sar", "opt"):
+        g = Goodness(size)
+        gstep, gextra = checkpoint.load(RUNS / f"goodness_{mod}_{size}" / "checkpoint.pt", g, None, None)
+        if gstep == 0:
+            print(f"no goodness_{mod} checkpoint; skipped", flush=True)
+            continue
+        p = out / f"goodness_{mod}_{size}.onnx"
+        _export(_Goodness(g), torch.randn(2, 1, 256, 256), "image", "goodness", p,
+                {"name": f"goodness_{mod}", "network": "goodness", "modality": mod, "crop_px": GOOD_FIELD,
+                 "output_stride": GOOD_STRIDE, "receptive_px": GOOD_FIELD,
+                 "cell_to_pixel": "map cell (i, j) covers input pixels [32 i, 32 i + 128) x [32 j, 32 j + 128); "
+                                  "its centre is (32 i + 64, 32 j + 64)",
+                 "label_thresholds": {"t_pos": gextra.get("t_pos"), "t_neg": gextra.get("t_neg"),
+                                      "pos_error_px": 1.0, "neg_error_px": 2.5},
+                 **_common(size, gextra.get("seconds", 0.0), gstep)})
+        written.append(p)
+    o = ORN(size)
+    ostep, oextra = checkpoint.load(RUNS / f"orn_{size}" / "checkpoint.pt", o, None, None)
+    if ostep:
+        p = out / f"orn_{size}.onnx"
+        _export(_ORN(o), torch.randn(2, HEATMAP, HEATMAP), "heatmap", "reliability", p,
+                {"name": "orn", "network": "outlier reduction", "input": "raw (pre-softmax) CorrASL heatmap "
+                 "(N,65,65); min-max normalisation is inside the graph", "heatmap": HEATMAP,
+                 "label_thresholds": {"t_pos": oextra.get("t_pos"), "t_neg": oextra.get("t_neg"),
+                                      "pos_error_px": 1.0, "neg_error_px": 2.5},
+                 **_common(size, oextra.get("seconds", 0.0), ostep)}, spatial_dynamic=False)
+        written.append(p)
+    return written
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", choices=("lite", "full"), default="lite")
+    p.add_argument("--out", default=None, help="folder for the .onnx files (default: models/)")
