@@ -63,6 +63,14 @@ def windows_valid(
     return ok
 
 
+def grid_positions(shape: tuple[int, int], spacing: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the regular candidate grid of ``grid_candidates`` (before the validity test)."""
+    h, w = _check_shape(tuple(shape), margin)
+    if spacing < 1:
+        raise InputError(f"grid spacing must be >= 1 px, got {spacing}")
+    return _axis_positions(h, margin, int(spacing)), _axis_positions(w, margin, int(spacing))
+
+
 def grid_candidates(
     shape: tuple[int, int],
     spacing: int,
@@ -77,10 +85,7 @@ def grid_candidates(
     ``max_invalid_frac`` of its (2*margin+1)^2 search window is invalid (default: none).
     """
     h, w = _check_shape(tuple(shape), margin)
-    if spacing < 1:
-        raise InputError(f"grid spacing must be >= 1 px, got {spacing}")
-    rows = _axis_positions(h, margin, int(spacing))
-    cols = _axis_positions(w, margin, int(spacing))
+    rows, cols = grid_positions((h, w), spacing, margin)
     pos = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).reshape(-1, 2).astype(int)
     if valid_mask is None or pos.size == 0:
         return pos
@@ -117,6 +122,76 @@ def _block_sum(a: np.ndarray, step: int) -> np.ndarray:
     return a[:h, :w].reshape(h // step, step, w // step, step).sum(axis=(1, 3), dtype=np.float64)
 
 
+def structure_score_parts(
+    img_opt: np.ndarray,
+    img_sar: Optional[np.ndarray],
+    template: int,
+    step: int,
+    valid_mask: Optional[np.ndarray] = None,
+    grad_sigma_optical: float = 1.0,
+    grad_sigma_sar: float = 2.0,
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The two raw ingredients of the score, on the ``step`` grid: (optical lam_min, SAR energy).
+
+    Kept apart from their normalisation (``combine_structure_parts`` divides each by its median over
+    the whole image) because each cell depends only on a neighbourhood of about
+    ``structure_support(template, step)`` px: tiles of a scene can compute them separately, and the
+    scene-wide medians are applied once the tiles are stitched. ``img_sar`` None: no energy map.
+    Invalid pixels contribute no gradients.
+    """
+    opt = np.asarray(img_opt, dtype=np.float32)
+    valid = np.ones(opt.shape, bool) if valid_mask is None else np.asarray(valid_mask, bool)
+    opt = np.where(valid & np.isfinite(opt), opt, 0.0).astype(np.float32)
+    inner = ndimage.binary_erosion(valid, iterations=max(2, int(3 * grad_sigma_sar)), border_value=1)
+    gy = ndimage.gaussian_filter(opt, grad_sigma_optical, order=(1, 0))
+    gx = ndimage.gaussian_filter(opt, grad_sigma_optical, order=(0, 1))
+    gy *= inner
+    gx *= inner
+    k = _box_cells(template, step)
+    box = lambda a: ndimage.uniform_filter(_block_sum(a, step), size=k, mode="constant") * (k * k)
+    sxx, syy, sxy = box(gx * gx), box(gy * gy), box(gx * gy)
+    lam_min = 0.5 * (sxx + syy) - np.sqrt(0.25 * (sxx - syy) ** 2 + sxy * sxy)
+    lam_min = np.maximum(lam_min, 0.0)
+    if img_sar is None:
+        return lam_min, None
+    sar = np.asarray(img_sar, dtype=np.float32)
+    if sar.shape != opt.shape:
+        raise InputError(f"SAR image shape {sar.shape} differs from optical {opt.shape}")
+    sar = np.where(valid & np.isfinite(sar), sar, 0.0).astype(np.float32)
+    e = (
+        ndimage.gaussian_filter(sar, grad_sigma_sar, order=(1, 0)) ** 2
+        + ndimage.gaussian_filter(sar, grad_sigma_sar, order=(0, 1)) ** 2
+    ) * inner
+    energy = np.maximum(box(e), 0.0)  # uniform_filter round-off can go slightly negative
+    return lam_min, energy
+
+
+def _box_cells(template: int, step: int) -> int:
+    """Side (in cells) of the odd box that sums the structure tensor over a template-sized window."""
+    k = max(1, int(round(template / step)))
+    return k + 1 - k % 2  # odd box so it is centred on the cell
+
+
+def structure_support(template: int, step: int, grad_sigma_sar: float = 2.0) -> int:
+    """How far (px) from a cell centre the pixels that its score depends on can lie.
+
+    The box of cells, plus the Gaussian derivative kernels (truncated at 4 sigma), plus the
+    erosion of the validity mask. A tile whose read window reaches this far beyond its core gives
+    the core cells exactly the score a whole-scene computation gives them."""
+    k = _box_cells(template, step)
+    return (k // 2 + 1) * step + int(4 * grad_sigma_sar + 0.5) + max(2, int(3 * grad_sigma_sar)) + 1
+
+
+def combine_structure_parts(lam_min: np.ndarray, energy: Optional[np.ndarray], sar_weight: float = 0.5) -> np.ndarray:
+    """Score from the raw parts: each divided by its median (over positive cells) so neither unit
+    dominates, then their weighted geometric mean (optical only when ``energy`` is None)."""
+    score = lam_min / max(float(np.median(lam_min[lam_min > 0])) if (lam_min > 0).any() else 1.0, 1e-30)
+    if energy is not None and sar_weight > 0:
+        med = float(np.median(energy[energy > 0])) if (energy > 0).any() else 1.0
+        score = score ** (1.0 - sar_weight) * (energy / max(med, 1e-30)) ** sar_weight
+    return score
+
+
 def structure_score_map(
     img_opt: np.ndarray,
     img_sar: Optional[np.ndarray],
@@ -132,34 +207,43 @@ def structure_score_map(
     Cell [i, j] is the window centred at pixel (i*step + step//2, j*step + step//2). Invalid pixels
     contribute no gradients.
     """
-    opt = np.asarray(img_opt, dtype=np.float32)
-    valid = np.ones(opt.shape, bool) if valid_mask is None else np.asarray(valid_mask, bool)
-    opt = np.where(valid & np.isfinite(opt), opt, 0.0).astype(np.float32)
-    inner = ndimage.binary_erosion(valid, iterations=max(2, int(3 * grad_sigma_sar)), border_value=1)
-    gy = ndimage.gaussian_filter(opt, grad_sigma_optical, order=(1, 0))
-    gx = ndimage.gaussian_filter(opt, grad_sigma_optical, order=(0, 1))
-    gy *= inner
-    gx *= inner
-    k = max(1, int(round(template / step)))
-    k += 1 - k % 2  # odd box so it is centred on the cell
-    box = lambda a: ndimage.uniform_filter(_block_sum(a, step), size=k, mode="constant") * (k * k)
-    sxx, syy, sxy = box(gx * gx), box(gy * gy), box(gx * gy)
-    lam_min = 0.5 * (sxx + syy) - np.sqrt(0.25 * (sxx - syy) ** 2 + sxy * sxy)
-    lam_min = np.maximum(lam_min, 0.0)
-    score = lam_min / max(float(np.median(lam_min[lam_min > 0])) if (lam_min > 0).any() else 1.0, 1e-30)
-    if img_sar is not None and sar_weight > 0:
-        sar = np.asarray(img_sar, dtype=np.float32)
-        if sar.shape != opt.shape:
-            raise InputError(f"SAR image shape {sar.shape} differs from optical {opt.shape}")
-        sar = np.where(valid & np.isfinite(sar), sar, 0.0).astype(np.float32)
-        e = (
-            ndimage.gaussian_filter(sar, grad_sigma_sar, order=(1, 0)) ** 2
-            + ndimage.gaussian_filter(sar, grad_sigma_sar, order=(0, 1)) ** 2
-        ) * inner
-        energy = np.maximum(box(e), 0.0)  # uniform_filter round-off can go slightly negative
-        med = float(np.median(energy[energy > 0])) if (energy > 0).any() else 1.0
-        score = score ** (1.0 - sar_weight) * (energy / max(med, 1e-30)) ** sar_weight
-    return score
+    sar = img_sar if (img_sar is not None and sar_weight > 0) else None
+    lam_min, energy = structure_score_parts(img_opt, sar, template, step, valid_mask, grad_sigma_optical,
+                                            grad_sigma_sar)
+    return combine_structure_parts(lam_min, energy, sar_weight)
+
+
+def cell_centres(n_cells: int, step: int) -> np.ndarray:
+    """Pixel position (row or column) of the centre of each of ``n_cells`` score cells."""
+    return np.arange(n_cells) * step + step // 2
+
+
+def structure_defaults(margin: int, template: Optional[int], step: Optional[int]) -> tuple[int, int]:
+    """(template, step) with the defaults ``structure_candidates`` documents."""
+    template = int(template or max(margin, 8))
+    step = int(step or max(1, template // 8))
+    return template, step
+
+
+def windows_ok_map(valid: np.ndarray, score_shape: tuple[int, int], step: int, margin: int,
+                   origin: tuple[int, int] = (0, 0), full_shape: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Bool map over score cells: is the cell's (2*margin+1)² window inside the image and valid?
+
+    ``valid`` may be a window of a larger image (``full_shape``) starting at pixel ``origin``
+    (a multiple of ``step``); cells are then those of the window's score map, and only cells whose
+    window lies inside both the full image and ``valid`` can be True.
+    """
+    h, w = full_shape or valid.shape
+    r0, c0 = origin
+    rows = cell_centres(score_shape[0], step) + r0
+    cols = cell_centres(score_shape[1], step) + c0
+    row_in = (rows >= margin) & (rows <= h - 1 - margin) & (rows - r0 >= margin) & (rows - r0 <= valid.shape[0] - 1 - margin)
+    col_in = (cols >= margin) & (cols <= w - 1 - margin) & (cols - c0 >= margin) & (cols - c0 <= valid.shape[1] - 1 - margin)
+    out = np.zeros(score_shape, bool)
+    ri, ci = np.flatnonzero(row_in), np.flatnonzero(col_in)
+    if len(ri) and len(ci):
+        out[np.ix_(ri, ci)] = grid_windows_valid(valid, rows[ri] - r0, cols[ci] - c0, margin)
+    return out
 
 
 def structure_candidates(
@@ -195,30 +279,54 @@ def structure_candidates(
     h, w = _check_shape(opt.shape, margin)
     if n_target < 1:
         return np.zeros((0, 2), int), np.zeros(0)
-    template = int(template or max(margin, 8))
-    step = int(step or max(1, template // 8))
-    min_distance = float(template // 2 if min_distance is None else min_distance)
+    template, step = structure_defaults(margin, template, step)
     valid = np.ones((h, w), bool) if valid_mask is None else np.asarray(valid_mask, bool)
     if valid.shape != (h, w):
         raise InputError(f"valid_mask shape {valid.shape} does not match the image shape {(h, w)}")
 
     score = structure_score_map(opt, img_sar, template, step, valid, sar_weight)
-    rows = np.arange(score.shape[0]) * step + step // 2
-    cols = np.arange(score.shape[1]) * step + step // 2
+    win_ok = windows_ok_map(valid, score.shape, step, margin) if valid_mask is not None else None
+    return select_structure_candidates(score, step, (h, w), margin, n_target, win_ok=win_ok, cell=cell,
+                                       template=template, per_cell=per_cell, min_distance=min_distance,
+                                       min_rel_score=min_rel_score)
+
+
+def select_structure_candidates(
+    score: np.ndarray,
+    step: int,
+    shape: tuple[int, int],
+    margin: int,
+    n_target: int,
+    win_ok: Optional[np.ndarray] = None,
+    cell: Optional[int] = None,
+    template: Optional[int] = None,
+    per_cell: Optional[int] = None,
+    min_distance: Optional[float] = None,
+    min_rel_score: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The spread-out selection of ``structure_candidates`` from a score map of an image of ``shape``.
+
+    Separate from the scoring so the selection can run once over a scene whose score map was
+    assembled tile by tile: the spread, the per-cell cap and the spacing are then those of the whole
+    scene, and every candidate is chosen exactly once. ``win_ok`` (same shape as ``score``) marks
+    cells whose search window is inside and valid; None skips that test.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if n_target < 1:
+        return np.zeros((0, 2), int), np.zeros(0)
+    template, step = structure_defaults(margin, template, step)
+    min_distance = float(template // 2 if min_distance is None else min_distance)
+    rows = cell_centres(score.shape[0], step)
+    cols = cell_centres(score.shape[1], step)
     row_in = (rows >= margin) & (rows <= h - 1 - margin)
     col_in = (cols >= margin) & (cols <= w - 1 - margin)
     inside = row_in[:, None] & col_in[None, :]
     if not inside.any():
         return np.zeros((0, 2), int), np.zeros(0)
-    s = np.where(inside, score, -np.inf)
 
     floor = max(min_rel_score * float(np.percentile(score[inside], 90)), 0.0)
     usable = inside & (score > floor)
-    if valid_mask is not None and usable.any():
-        ri = np.flatnonzero(inside.any(axis=1))
-        ci = np.flatnonzero(inside.any(axis=0))
-        win_ok = np.zeros_like(usable)
-        win_ok[np.ix_(ri, ci)] = grid_windows_valid(valid, rows[ri], cols[ci], margin)
+    if win_ok is not None:
         usable &= win_ok
     ii, jj = np.nonzero(usable)
     if len(ii) == 0:

@@ -1,14 +1,18 @@
-"""One matching run: read → preprocess → candidates → template matching → geometry.
+"""One matching run: open → scene statistics → tiles (candidates, matching) → geometry.
 
 Each stage is a plain function over arrays and dataclasses so it can be tested alone; ``match_pair``
-only strings them together, reports progress and honours the cancel token between units of work.
+only strings them together, reports progress and honours the cancel token between units of work
+(every tile, every candidate). The scene is processed tile by tile (``engine.tiling``), so memory
+is bounded by the tile size rather than the scene size, with the same results as a whole-scene run.
+The whole-array stages (``preprocess_pair``, ``find_candidates``, ``match_candidates``) remain for
+callers that hold a small scene in memory.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from rasterio.warp import transform as warp_transform
@@ -19,13 +23,17 @@ from .errors import InputError, TooFewPointsError
 from .geometry import consistency, robust
 from .matchers import get_matcher
 from .params import MatchParams
+from .preprocess import Stretch
 from .progress import CancelToken, ProgressCallback, StageReporter
-from .raster_io import GridPair, load_pair
+from .raster_io import GridPair, PairSource, open_pair
+from .tiling import (DESCRIPTOR_BLOCK, DESCRIPTOR_SUPPORT, TileArrays, TileMatcher, TileRun, TilingOptions,
+                     find_candidates_tiled, grid_spacing_for, match_tiles, scene_stretch, tiles_for)
 from .types import PatchMatch, TiePoint, TieSet
 from .version import __version__
 
-STAGES = (("Reading rasters", 1.0), ("Preprocessing", 0.5), ("Finding candidates", 0.5),
-          ("Matching", 8.0), ("Fitting geometry", 0.5))
+STAGES = (("Reading rasters", 1.0), ("Finding candidates", 1.0), ("Matching", 8.0), ("Fitting geometry", 0.5))
+"""Stage names and progress-bar weights. Tile reads and preprocessing happen inside the candidate
+and matching stages; "Reading rasters" opens the inputs and reads the decimated statistics sample."""
 
 
 @dataclass
@@ -40,6 +48,8 @@ class MatchStats:
     shift_px: tuple[float, float] = (math.nan, math.nan)
     coverage: float = math.nan
     """Fraction of the matched area covered by the convex hull of the inliers."""
+    n_tiles: int = 1
+    """Tiles the scene was processed in."""
 
 
 @dataclass
@@ -48,9 +58,10 @@ class MatchResult:
     transform: object
     stats: MatchStats
     params: MatchParams
-    pair: GridPair
-    sar_unit: np.ndarray
-    opt_unit: np.ndarray
+    pair: PairSource
+    """The inputs and the common grid (no pixels: the run never holds the whole scene)."""
+    stretch: Stretch
+    """The scene-wide SAR scale and stretch ranges the tiles were preprocessed with."""
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     version: str = __version__
@@ -67,7 +78,8 @@ class MatchResult:
             "params": self.params.to_dict(),
             "candidates": s.n_candidates, "matched": s.n_matched, "inliers": s.n_inliers,
             "flagged": s.n_flagged, "rmse_px": s.rmse_px, "shift_m": list(s.shift_m),
-            "shift_px": list(s.shift_px), "coverage": s.coverage,
+            "shift_px": list(s.shift_px), "coverage": s.coverage, "tiles": s.n_tiles,
+            "stretch": self.stretch.to_dict(),
             "transform": self.transform.to_dict() if self.transform is not None else None,
             "timings_s": self.timings, "warnings": self.warnings,
         }
@@ -78,19 +90,14 @@ class MatchResult:
 # --------------------------------------------------------------------------------------------
 
 def preprocess_pair(pair: GridPair, params: MatchParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SAR → [0,1] via dB and a clip; optical → grey → [0,1]. Returns (sar, opt, valid)."""
-    clip = params.sar_clip
-    if isinstance(clip, str) and clip != "robust":
-        try:
-            lo, hi = (float(v) for v in clip.split(","))
-        except ValueError as exc:
-            raise InputError(f"SAR clip must be 'robust' or 'lo,hi' in dB, got '{clip}'.") from exc
-        clip = (lo, hi)
-    sar_unit, sar_valid = preprocess.sar_to_unit(pair.sar, scale=params.sar_scale, clip=clip,
-                                                 valid_mask=pair.sar_valid)
-    gray = preprocess.optical_to_gray(pair.optical)
-    opt_unit, opt_valid = preprocess.optical_to_unit(gray, pair.opt_valid)
-    valid = sar_valid & opt_valid
+    """SAR → [0,1] via dB and a clip; optical → grey → [0,1]. Returns (sar, opt, valid).
+
+    For a pair held in memory whole; ``match_pair`` does the same per tile with the stretch of the
+    scene (``tiling.scene_stretch``), which for scenes up to 2 Mpx is exactly this one."""
+    stretch = preprocess.estimate_stretch(pair.sar, pair.sar_valid, pair.optical, pair.opt_valid,
+                                          scale=params.sar_scale, clip=params.sar_clip)
+    sar_unit, opt_unit, valid = preprocess.apply_stretch(pair.sar, pair.sar_valid, pair.optical, pair.opt_valid,
+                                                         stretch)
     if valid.mean() < 0.01:
         raise InputError("Less than 1 % of the area of interest holds valid pixels in both rasters "
                          "(nodata, NaN or zero-filled borders); choose an area where both have data.")
@@ -98,10 +105,11 @@ def preprocess_pair(pair: GridPair, params: MatchParams) -> tuple[np.ndarray, np
 
 
 def find_candidates(sar: np.ndarray, opt: np.ndarray, valid: np.ndarray, params: MatchParams) -> np.ndarray:
-    """(N, 2) integer (row, col) template centres whose windows lie on valid pixels."""
+    """(N, 2) integer (row, col) template centres whose windows lie on valid pixels (whole images;
+    ``tiling.CandidateAccumulator`` gives the same positions tile by tile)."""
     margin = params.effective_search_size() // 2
     if params.candidates == "grid":
-        spacing = params.grid_spacing or _spacing_for(valid.shape, margin, params.n_target)
+        spacing = params.grid_spacing or grid_spacing_for(valid.shape, margin, params.n_target)
         pts = cand.grid_candidates(valid.shape, spacing, margin, valid_mask=valid)
     elif params.candidates == "structure":
         pts, _scores = cand.structure_candidates(opt, sar, params.n_target, margin, valid)
@@ -110,29 +118,20 @@ def find_candidates(sar: np.ndarray, opt: np.ndarray, valid: np.ndarray, params:
     return np.asarray(pts, dtype=int).reshape(-1, 2)
 
 
-def _spacing_for(shape: tuple[int, int], margin: int, n: int) -> int:
-    h, w = max(shape[0] - 2 * margin, 1), max(shape[1] - 2 * margin, 1)
-    return max(16, int(math.sqrt(h * w / max(n, 1))))
-
-
-DESCRIPTOR_BLOCK = 1024
-"""Side of the square blocks over which structural descriptors are computed once and shared by all
-candidates inside; bounds memory (about 36 bytes per pixel of a padded block) independently of the
-scene size."""
-
-
 def match_candidates(sar: np.ndarray, opt: np.ndarray, points: np.ndarray, params: MatchParams,
                      report=None, valid: Optional[np.ndarray] = None,
-                     block: int = DESCRIPTOR_BLOCK) -> list[PatchMatch]:
+                     block: int = DESCRIPTOR_BLOCK, origin: tuple[int, int] = (0, 0)) -> list[PatchMatch]:
     """Template matching at each candidate with the chosen classical similarity.
 
     The structural method computes its descriptors once per padded block rather than once per
     window: overlapping search windows share the work, and descriptors no longer suffer from
-    window-border effects.
+    window-border effects. ``origin`` is the grid position of the arrays' pixel [0, 0] when they
+    are a tile: blocks are laid on the grid, not on the tile, so a tile that contains a block's
+    padded window gives its candidates exactly the whole-scene result.
     """
     valid = np.ones(sar.shape, bool) if valid is None else valid
     if params.method == "structural":
-        return _match_structural_blocks(sar, opt, valid, points, params, report, block)
+        return _match_structural_blocks(sar, opt, valid, points, params, report, block, origin)
     matcher = get_matcher(params.method)
     t2, s2 = params.template_size // 2, params.effective_search_size() // 2
     out: list[PatchMatch] = []
@@ -144,18 +143,24 @@ def match_candidates(sar: np.ndarray, opt: np.ndarray, points: np.ndarray, param
     return out
 
 
-def _match_structural_blocks(sar, opt, valid, points, params, report, block) -> list[PatchMatch]:
+def _match_structural_blocks(sar, opt, valid, points, params, report, block, origin=(0, 0)) -> list[PatchMatch]:
     from .matchers.structural import dense_descriptor, match_descriptors
 
     t2, s2 = params.template_size // 2, params.effective_search_size() // 2
-    halo = s2 + 16  # window half-size plus the descriptor filters' support
+    halo = s2 + DESCRIPTOR_SUPPORT  # window half-size plus the descriptor filters' support
     h, w = sar.shape
-    keys = (points[:, 0] // block) * (w // block + 1) + points[:, 1] // block
+    o_r, o_c = int(origin[0]), int(origin[1])
+    points = np.asarray(points, dtype=int).reshape(-1, 2)
     out: list[Optional[PatchMatch]] = [None] * len(points)
+    if len(points) == 0:
+        return []
+    blocks = (points + np.array([o_r, o_c])) // block  # block (row, col) on the grid
+    uniq, inverse = np.unique(blocks, axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
     done = 0
-    for key in np.unique(keys):
-        idx = np.nonzero(keys == key)[0]
-        br, bc = (points[idx[0], 0] // block) * block, (points[idx[0], 1] // block) * block
+    for b, (bi, bj) in enumerate(uniq):
+        idx = np.nonzero(inverse == b)[0]
+        br, bc = int(bi) * block - o_r, int(bj) * block - o_c  # block corner in array coordinates
         r0, c0 = max(br - halo, 0), max(bc - halo, 0)
         r1, c1 = min(br + block + halo, h), min(bc + block + halo, w)
         vb = valid[r0:r1, c0:c1]
@@ -168,10 +173,23 @@ def _match_structural_blocks(sar, opt, valid, points, params, report, block) -> 
             out[i] = match_descriptors(ds[:, r - s2:r + s2, c - s2:c + s2], dt[:, r - t2:r + t2, c - t2:c + t2],
                                        vb[r - s2:r + s2, c - s2:c + s2], vb[r - t2:r + t2, c - t2:c + t2])
             done += 1
+        del ds, dt
     return out  # type: ignore[return-value]
 
 
-def build_tieset(pair: GridPair, points: np.ndarray, matches: list[PatchMatch]) -> TieSet:
+def classical_tile_matcher(block: int = DESCRIPTOR_BLOCK) -> TileMatcher:
+    """The ``TileMatcher`` of the classical methods (``params.method``): ``match_candidates`` on the
+    tile's arrays, with descriptor blocks laid on the grid."""
+
+    def run(tile: TileArrays, points: np.ndarray, params: MatchParams,
+            report: Optional[Callable[[float], None]] = None) -> list[PatchMatch]:
+        return match_candidates(tile.sar, tile.opt, points, params, report=report, valid=tile.valid,
+                                block=block, origin=tile.origin)
+
+    return run
+
+
+def build_tieset(pair: PairSource | GridPair, points: np.ndarray, matches: list[PatchMatch]) -> TieSet:
     """Turn grid positions + offsets into tie points carrying optical-pixel and map coordinates."""
     grid = pair.grid
     rows = points[:, 0].astype(float)
@@ -274,10 +292,17 @@ def _grid_rect(grid) -> tuple[float, float, float, float]:
 # --------------------------------------------------------------------------------------------
 
 def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = None,
-               progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> MatchResult:
-    """Match an optical raster against a SAR raster and fit the correcting transform."""
+               progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None, *,
+               tiling: Optional[TilingOptions] = None, matcher: Optional[TileMatcher] = None) -> MatchResult:
+    """Match an optical raster against a SAR raster and fit the correcting transform.
+
+    The scene is processed in tiles (``tiling``; the defaults suit any size): peak memory is set by
+    the tile size, not by the scene. ``matcher`` replaces the classical matching of each tile's
+    candidates (see ``tiling.TileMatcher``); by default ``params.method`` is used.
+    """
     params = params or MatchParams()
     params.validate()
+    tiling = tiling or TilingOptions()
     cancel = cancel or CancelToken()
     rep = StageReporter(STAGES, progress or (lambda f, s: None), cancel)
     timings: dict[str, float] = {}
@@ -291,22 +316,34 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
         return out
 
     search = params.effective_search_size()
-    pair = timed("Reading rasters", load_pair, sar_path, opt_path, aoi=params.aoi, aoi_crs=params.aoi_crs,
-                 resolution=params.resolution, sar_band=params.sar_band, opt_bands=params.opt_bands,
-                 min_size=search)
-    sar, opt, valid = timed("Preprocessing", preprocess_pair, pair, params)
-    # Later stages work on the [0, 1] images; drop the raw pixels (16 bytes per grid pixel) now
-    # rather than keeping them alive in the result until the caller lets go of it.
-    pair.sar = pair.optical = None
-    points = timed("Finding candidates", find_candidates, sar, opt, valid, params)
+
+    def read_stats():
+        src = open_pair(sar_path, opt_path, aoi=params.aoi, aoi_crs=params.aoi_crs, resolution=params.resolution,
+                        sar_band=params.sar_band, opt_bands=params.opt_bands, min_size=search)
+        return src, scene_stretch(src, params, tiling.stats_max_pixels)
+
+    pair, stats = timed("Reading rasters", read_stats)
+    stretch = stats.stretch
+    run = TileRun(tiles=tiles_for(pair, params, tiling))
+    n_tiles = len(run.tiles)
+
+    def on_tile(i: int, n: int) -> None:
+        rep.update("Finding candidates", i / n, f"Finding candidates (tile {i + 1}/{n})" if n > 1 else None)
+
+    run.whole, stats.whole = stats.whole, None  # a small scene's statistics read is its only read
+    points = timed("Finding candidates", find_candidates_tiled, pair, stretch, params, run, on_tile)
     if len(points) == 0:
         raise TooFewPointsError(
             "No candidate location has a complete search window on valid pixels in both rasters; "
             "choose a larger area of interest or a smaller search window."
         )
-    matches = timed("Matching", match_candidates, sar, opt, points, params,
-                    report=lambda f: rep.update("Matching", f, f"Matching {int(f * len(points))}/{len(points)}"),
-                    valid=valid)
+
+    def on_match(done: int, total: int) -> None:
+        rep.update("Matching", done / max(total, 1), f"Matching {done}/{total}")
+
+    matches = timed("Matching", match_tiles, pair, stretch, points, params, run,
+                    matcher or classical_tile_matcher(tiling.block), on_match)
+    run.cached = None
     tieset = build_tieset(pair, points, matches)
 
     def geometry():
@@ -320,7 +357,9 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
         n_ok = sum(p.status == "inlier" for p in tieset.points)
         raise TooFewPointsError(f"{exc} ({len(points)} candidates, {n_ok} reliable matches). "
                                 "Try a larger area, more candidates (--n-target), or the 'shift' transform.") from exc
-    stats = compute_stats(tieset, len(points), pair.grid)
+    timings["Tile reads"] = round(run.read_s, 3)  # reading + preprocessing tiles, part of the stages above
+    stats_out = compute_stats(tieset, len(points), pair.grid)
+    stats_out.n_tiles = n_tiles
     rep.done("Matching finished")
-    return MatchResult(tieset=tieset, transform=transform, stats=stats, params=params, pair=pair,
-                       sar_unit=sar, opt_unit=opt, timings=timings, warnings=list(pair.warnings))
+    return MatchResult(tieset=tieset, transform=transform, stats=stats_out, params=params, pair=pair,
+                       stretch=stretch, timings=timings, warnings=list(pair.warnings))

@@ -15,6 +15,7 @@ dB clips (e.g. ``clip=(-25, 5)`` for calibrated sigma0) depend on getting that r
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -80,11 +81,13 @@ def _local_skew_per_cv(a: np.ndarray, block: int = 8, max_blocks: int = 20000) -
     return float(np.median(skew / (sd / m)))
 
 
-def detect_sar_scale(arr: np.ndarray, dtype=None) -> SarScale:
+def detect_sar_scale(arr: np.ndarray, dtype=None, texture: Optional[np.ndarray] = None) -> SarScale:
     """Guess how SAR values are scaled: 'linear' intensity, 'amplitude', 'db' or 'dn'.
 
     ``dtype`` is the *source* raster's data type when ``arr`` was read/cast differently (e.g. the
-    rasterio band dtype); defaults to ``arr.dtype``. Heuristics, on finite pixels:
+    rasterio band dtype); defaults to ``arr.dtype``. ``texture`` is a 2-D full-resolution sample
+    for the local speckle test when ``arr`` is not one (a decimated read has no neighbouring
+    pixels left); defaults to ``arr``. Heuristics, on finite pixels:
 
     * complex -> ``InputError`` (SLC data must be detected first).
     * integer (8/16/32-bit) -> 'dn' (display values, treated as already log-like), *unless* the
@@ -127,7 +130,8 @@ def detect_sar_scale(arr: np.ndarray, dtype=None) -> SarScale:
     r = _skew_ratio(pos)
     if r < 1.4:
         return "dn"
-    local = _local_skew_per_cv(np.where(np.isfinite(a), a, np.nan)) if a.ndim == 2 else None
+    t = a if texture is None else np.asarray(texture)
+    local = _local_skew_per_cv(np.where(np.isfinite(t), t, np.nan)) if t.ndim == 2 else None
     if local is not None and local < 1.45:
         return "amplitude"
     return "linear" if r >= 3.15 else "amplitude"
@@ -145,24 +149,52 @@ def _valid_mask(a: np.ndarray, valid_mask: Optional[np.ndarray], nodata: Optiona
     return m
 
 
-def _normalise(
-    x: np.ndarray, mask: np.ndarray, lo: Optional[float], hi: Optional[float], what: str
-) -> np.ndarray:
-    """Map [lo, hi] (robust percentiles where None) to [0, 1], clip, zero-fill invalid pixels."""
+def robust_range(x: np.ndarray, mask: np.ndarray, what: str) -> tuple[float, float]:
+    """The robust stretch range of ``x`` over ``mask``: its 1st and 99th percentiles.
+
+    Computed on at most ``_MAX_STATS_SAMPLES`` evenly strided valid values. Falls back to the full
+    range when more than 98 % of the pixels are identical; raises for an empty or constant image.
+    """
     if not mask.any():
         raise InputError(f"the {what} image has no valid pixels (all NaN, nodata or masked)")
     vals = x[mask]
+    lo, hi = (float(q) for q in np.percentile(_sample(vals), ROBUST_PERCENTILES))
+    if hi <= lo:  # >98 % of pixels identical: fall back to the full range
+        lo, hi = float(vals.min()), float(vals.max())
+    if hi <= lo:
+        raise InputError(f"the {what} image is constant (value {lo:g}); nothing to match")
+    return lo, hi
+
+
+def _normalise(
+    x: np.ndarray, mask: np.ndarray, lo: Optional[float], hi: Optional[float], what: str
+) -> np.ndarray:
+    """Map [lo, hi] (robust percentiles where None) to [0, 1], clip, zero-fill invalid pixels.
+
+    A fixed range needs no data: an image without valid pixels then comes back all zero (a tile
+    over a nodata collar), whereas the robust range has nothing to be computed from and raises.
+    """
     if lo is None or hi is None:
-        lo, hi = (float(q) for q in np.percentile(_sample(vals), ROBUST_PERCENTILES))
-        if hi <= lo:  # >98 % of pixels identical: fall back to the full range
-            lo, hi = float(vals.min()), float(vals.max())
-        if hi <= lo:
-            raise InputError(f"the {what} image is constant (value {lo:g}); nothing to match")
+        lo, hi = robust_range(x, mask, what)
     elif hi <= lo:
         raise InputError(f"invalid clip range ({lo}, {hi}) for the {what} image")
     out = np.zeros(x.shape, dtype=np.float32)
-    out[mask] = np.clip((vals - lo) / (hi - lo), 0.0, 1.0)
+    out[mask] = np.clip((x[mask] - lo) / (hi - lo), 0.0, 1.0)
     return out
+
+
+def _sar_db(a: np.ndarray, mask: np.ndarray, scale: str) -> np.ndarray:
+    """SAR values (float64) on the dB-like scale the stretch works on; updates ``mask`` in place
+    (non-positive values are invalid for the log scales)."""
+    if scale not in ("linear", "amplitude", "db", "dn"):
+        raise InputError(f"unknown SAR scale {scale!r}; use 'auto', 'linear', 'amplitude', 'db' or 'dn'")
+    if scale in ("linear", "amplitude"):
+        mask &= a > 0
+        factor = 10.0 if scale == "linear" else 20.0
+        x = np.zeros_like(a)
+        x[mask] = factor * np.log10(a[mask])
+        return x
+    return a
 
 
 def sar_to_unit(
@@ -196,16 +228,7 @@ def sar_to_unit(
         raise InputError("the SAR image has no valid pixels (all NaN, nodata or masked)")
     if scale == "auto":
         scale = detect_sar_scale(np.where(mask, a, np.nan), src_dtype)
-    if scale not in ("linear", "amplitude", "db", "dn"):
-        raise InputError(f"unknown SAR scale {scale!r}; use 'auto', 'linear', 'amplitude', 'db' or 'dn'")
-
-    if scale in ("linear", "amplitude"):
-        mask &= a > 0
-        factor = 10.0 if scale == "linear" else 20.0
-        x = np.zeros_like(a)
-        x[mask] = factor * np.log10(a[mask])
-    else:
-        x = a
+    x = _sar_db(a, mask, scale)
     if isinstance(clip, str):
         if clip != "robust":
             raise InputError(f"clip must be 'robust' or a (low_db, high_db) pair, got {clip!r}")
@@ -253,15 +276,122 @@ def optical_to_unit(
     gray: np.ndarray,
     valid_mask: Optional[np.ndarray] = None,
     nodata: Optional[float] = None,
+    clip: Optional[Tuple[float, float]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gray optical band -> (float32 image in [0, 1] by a robust 1-99 % stretch, bool mask).
 
     Invalid pixels (NaN/Inf, ``nodata``, ``valid_mask`` False) are 0 and False in the mask. The
     percentiles are taken over valid pixels only, so black nodata collars do not eat the range.
+    ``clip=(lo, hi)`` (gray values) replaces the percentiles with a fixed range: how a tile is
+    stretched with the range of the whole scene, so all tiles share one scale.
     """
     a = np.asarray(gray)
     if a.ndim != 2:
         raise InputError(f"optical gray image must be 2-D, got shape {a.shape}")
     a = a.astype(np.float64, copy=False)
     mask = _valid_mask(a, valid_mask, nodata)
-    return _normalise(a, mask, None, None, "optical"), mask
+    lo, hi = (None, None) if clip is None else (float(clip[0]), float(clip[1]))
+    return _normalise(a, mask, lo, hi, "optical"), mask
+
+
+# ------------------------------------------------------------------------------------------------
+# One stretch for the whole scene, applied tile by tile
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stretch:
+    """The scene-wide mapping of SAR and optical values to [0, 1].
+
+    Estimated once (from the whole image or a decimated sample of it, ``estimate_stretch``) and then
+    applied with fixed ranges to every tile (``apply_stretch``), so a tile boundary never changes a
+    pixel's unit value and a tiled run sees the same images as a whole-scene one.
+    """
+
+    sar_scale: str
+    """'linear', 'amplitude', 'db' or 'dn' (resolved, never 'auto')."""
+    sar_lo: float
+    """SAR value mapped to 0, in dB (or raw units for 'dn')."""
+    sar_hi: float
+    opt_lo: float
+    """Optical gray value mapped to 0."""
+    opt_hi: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_clip(clip: Union[ClipSpec, None]) -> ClipSpec:
+    """'robust', (lo, hi) or the CLI/params string 'lo,hi' (dB) -> 'robust' or a (lo, hi) tuple."""
+    if clip is None:
+        return "robust"
+    if isinstance(clip, str):
+        if clip == "robust":
+            return clip
+        try:
+            lo, hi = (float(v) for v in clip.split(","))
+        except ValueError as exc:
+            raise InputError(f"SAR clip must be 'robust' or 'lo,hi' in dB, got '{clip}'.") from exc
+        return lo, hi
+    lo, hi = (float(c) for c in clip)
+    return lo, hi
+
+
+def estimate_stretch(
+    sar: np.ndarray,
+    sar_valid: np.ndarray,
+    optical: np.ndarray,
+    opt_valid: np.ndarray,
+    scale: Union[str, SarScale] = "auto",
+    clip: ClipSpec = "robust",
+    texture: Optional[np.ndarray] = None,
+) -> Stretch:
+    """The scene's ``Stretch`` from a sample of it (same-shape SAR band, optical bands, masks).
+
+    The sample may be the whole image (then the result is exactly what ``sar_to_unit`` and
+    ``optical_to_unit`` compute on their own) or a point-sampled decimation of it: percentiles of
+    evenly spread single pixels estimate the scene's percentiles without smoothing speckle away.
+    ``texture`` is a full-resolution SAR sample for the scale detector's local speckle test when the
+    sample is decimated (see ``detect_sar_scale``).
+    """
+    a = np.asarray(sar)
+    if a.ndim != 2:
+        raise InputError(f"SAR image must be a single band (2-D), got shape {a.shape}")
+    src_dtype = a.dtype
+    a = a.astype(np.float64, copy=False)
+    mask = _valid_mask(a, sar_valid, None)
+    if not mask.any():
+        raise InputError("the SAR image has no valid pixels (all NaN, nodata or masked)")
+    if scale == "auto":
+        scale = detect_sar_scale(np.where(mask, a, np.nan), src_dtype, texture=texture)
+    x = _sar_db(a, mask, scale)
+    clip = parse_clip(clip)
+    if isinstance(clip, str):
+        sar_lo, sar_hi = robust_range(x, mask, "SAR")
+    else:
+        sar_lo, sar_hi = clip
+        if sar_hi <= sar_lo:
+            raise InputError(f"invalid clip range ({sar_lo}, {sar_hi}) for the SAR image")
+    gray = optical_to_gray(optical).astype(np.float64, copy=False)
+    opt_lo, opt_hi = robust_range(gray, _valid_mask(gray, opt_valid, None), "optical")
+    return Stretch(sar_scale=str(scale), sar_lo=sar_lo, sar_hi=sar_hi, opt_lo=opt_lo, opt_hi=opt_hi)
+
+
+def apply_stretch(
+    sar: np.ndarray,
+    sar_valid: np.ndarray,
+    optical: np.ndarray,
+    opt_valid: np.ndarray,
+    stretch: Stretch,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sar_unit, opt_unit, valid) of one image or tile with the scene's fixed ranges.
+
+    Never raises for a tile without valid pixels (everything comes back 0 / False): a tile that
+    lies on a nodata collar is simply skipped by the caller.
+    """
+    if not np.any(sar_valid):
+        z = np.zeros(np.shape(sar), np.float32)
+        return z, z.copy(), np.zeros(z.shape, bool)
+    sar_unit, sv = sar_to_unit(sar, scale=stretch.sar_scale, clip=(stretch.sar_lo, stretch.sar_hi),
+                               valid_mask=sar_valid)
+    opt_unit, ov = optical_to_unit(optical_to_gray(optical), opt_valid, clip=(stretch.opt_lo, stretch.opt_hi))
+    return sar_unit, opt_unit, sv & ov

@@ -1,9 +1,12 @@
 """Raster input: open, validate, find the overlap, and bring both layers onto one grid.
 
-Only the area of interest is read (windowed reads; GDAL's warper reads just the source blocks it
-needs), so memory scales with the AOI, not with the files. The SAR grid is the reference because the
-SAR georeference is the trusted one: the optical layer is resampled onto it using its current
-(possibly wrong) georeference, which is exactly what lets a template match measure the error.
+Opening (``open_pair``) reads no pixels: it validates both files and fixes the common grid. Pixels
+are then read onto that grid, or onto any window or coarse version of it (``read_pair``), with
+windowed reads (GDAL's warper reads just the source blocks it needs), so the caller decides how much
+is in memory: ``load_pair`` reads the whole area of interest, the pipeline reads one tile at a time.
+The SAR grid is the reference because the SAR georeference is the trusted one: the optical layer is
+resampled onto it using its current (possibly wrong) georeference, which is exactly what lets a
+template match measure the error.
 """
 from __future__ import annotations
 
@@ -85,6 +88,20 @@ class Grid:
         cols = np.asarray(cols, float)
         rows = np.asarray(rows, float)
         return t.c + cols * t.a + rows * t.b, t.f + cols * t.d + rows * t.e
+
+    def window(self, row0: int, col0: int, height: int, width: int) -> "Grid":
+        """The sub-grid of ``height`` x ``width`` pixels starting at pixel (row0, col0): same pixels,
+        so a tile read onto it holds exactly the values a whole-grid read would have there."""
+        return Grid(crs=self.crs, transform=self.transform * Affine.translation(col0, row0),
+                    width=int(width), height=int(height))
+
+    def decimated(self, factor: int) -> "Grid":
+        """A coarse grid whose pixel i covers fine pixels [i*factor, (i+1)*factor). With an odd
+        ``factor`` its pixel centres are fine pixel centres (i*factor + factor // 2), so a
+        point-sampled read of it (``read_pair(..., point_sample=True)``) picks exact grid pixels."""
+        f = int(factor)
+        return Grid(crs=self.crs, transform=self.transform * Affine.scale(f),
+                    width=max(self.width // f, 1), height=max(self.height // f, 1))
 
 
 @dataclass
@@ -215,18 +232,49 @@ def _fmt(b: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
 
 
-def _read_onto(info: RasterInfo, bands: Sequence[int], grid: Grid, resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``bands`` of ``info`` onto ``grid``; GDAL read errors become a specific InputError."""
+def _read_onto(info: RasterInfo, bands: Sequence[int], grid: Grid, resampling: Resampling,
+               point_sample: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``bands`` of ``info`` onto ``grid``; GDAL read errors become a specific InputError.
+
+    ``point_sample``: when ``grid`` is coarser than the source, evaluate the resampling kernel at
+    each pixel centre at source scale (GDAL warp options XSCALE = YSCALE = 1) instead of widening
+    it to the coarse pixel (GDAL's default, which averages). Statistics of a point-sampled coarse
+    read are those of the full-resolution image (speckle is not smoothed away)."""
     try:
-        return _read_onto_unchecked(info, bands, grid, resampling)
+        rows = _strip_rows(info, grid)
+        if rows >= grid.height:
+            return _read_onto_unchecked(info, bands, grid, resampling, point_sample)
+        out = np.empty((len(bands), grid.height, grid.width), dtype=np.float32)
+        valid = np.empty((grid.height, grid.width), dtype=bool)
+        for r in range(0, grid.height, rows):
+            n = min(rows, grid.height - r)
+            out[:, r:r + n], valid[r:r + n] = _read_onto_unchecked(info, bands, grid.window(r, 0, n, grid.width),
+                                                                   resampling, point_sample)
+        return out, valid
     except (rasterio.errors.RasterioError, rasterio.errors.RasterioIOError, rasterio._err.CPLE_BaseError) as exc:
         raise InputError(
             f"Reading '{info.path}' failed; the file may be truncated or corrupt ({exc})."
         ) from exc
 
 
+STRIP_SOURCE_ROWS = 1024
+"""A read onto a grid much coarser than the source goes in strips of about this many source rows,
+each with the file opened afresh: GDAL keeps every block it decoded in its block cache (up to 5 % of
+the RAM) until the dataset is closed, so one whole-file decimated read would hold as much of the
+file as the cache allows."""
+
+
+def _strip_rows(info: RasterInfo, grid: Grid) -> int:
+    """Rows of ``grid`` per read so that each read spans about STRIP_SOURCE_ROWS source rows."""
+    src_res = info.res if info.crs == grid.crs else _res_in(info, grid.crs)
+    ratio = grid.res / src_res if src_res > 0 else 1.0
+    if ratio <= 2.0:
+        return grid.height
+    return max(1, int(STRIP_SOURCE_ROWS / ratio))
+
+
 def _read_onto_unchecked(info: RasterInfo, bands: Sequence[int], grid: Grid,
-                         resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
+                         resampling: Resampling, point_sample: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A window read when the raster is aligned with ``grid``, GDAL warping otherwise."""
     out = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
     valid = np.zeros((grid.height, grid.width), dtype=bool)
@@ -248,12 +296,13 @@ def _read_onto_unchecked(info: RasterInfo, bands: Sequence[int], grid: Grid,
             valid &= np.all(np.isfinite(out), axis=0)
         else:
             src_nodata = ds.nodata
+            extra = {"XSCALE": 1, "YSCALE": 1} if point_sample else {}
             for i, b in enumerate(bands):
                 reproject(
                     source=rasterio.band(ds, b), destination=out[i],
                     src_nodata=src_nodata, dst_nodata=np.nan,
                     dst_transform=grid.transform, dst_crs=grid.crs, resampling=resampling,
-                    init_dest_nodata=True,
+                    init_dest_nodata=True, **extra,
                 )
             valid = np.all(np.isfinite(out), axis=0)
     if info.nodata is not None and not (isinstance(info.nodata, float) and math.isnan(info.nodata)):
@@ -262,7 +311,23 @@ def _read_onto_unchecked(info: RasterInfo, bands: Sequence[int], grid: Grid,
     return out, valid
 
 
-def load_pair(
+@dataclass
+class PairSource:
+    """Both inputs opened and validated, the common grid fixed, no pixels read.
+
+    Everything a later read needs (bands, the optical resampling) is decided here once, so every
+    window or coarse read of the pair is consistent with every other one."""
+
+    sar_info: RasterInfo
+    opt_info: RasterInfo
+    grid: Grid
+    sar_band: int = 1
+    opt_bands: tuple[int, ...] = (1,)
+    opt_resampling: Resampling = Resampling.bilinear
+    warnings: list[str] = field(default_factory=list)
+
+
+def open_pair(
     sar_path: str,
     opt_path: str,
     aoi: Optional[Bounds] = None,
@@ -271,8 +336,8 @@ def load_pair(
     sar_band: int = 1,
     opt_bands: Optional[Sequence[int]] = None,
     min_size: int = 256,
-) -> GridPair:
-    """Read the AOI of both rasters onto the common (SAR-aligned) grid."""
+) -> PairSource:
+    """Validate both rasters and fix the common (SAR-aligned) grid over their overlap ∩ AOI."""
     sar = open_raster(sar_path, "SAR")
     opt = open_raster(opt_path, "optical")
     if os.path.realpath(sar_path) == os.path.realpath(opt_path):
@@ -301,10 +366,42 @@ def load_pair(
         )
     for n in notes:
         warnings.warn(n)
-    sar_arr, sar_valid = _read_onto(sar, [sar_band], grid, Resampling.bilinear)
-    opt_resampling = Resampling.average if ratio < 0.5 else Resampling.bilinear
-    opt_arr, opt_valid = _read_onto(opt, list(opt_bands), grid, opt_resampling)
+    return PairSource(sar_info=sar, opt_info=opt, grid=grid, sar_band=int(sar_band),
+                      opt_bands=tuple(int(b) for b in opt_bands),
+                      opt_resampling=Resampling.average if ratio < 0.5 else Resampling.bilinear,
+                      warnings=notes)
+
+
+def read_pair(src: PairSource, grid: Optional[Grid] = None, point_sample: bool = False) -> GridPair:
+    """Read both rasters onto ``grid`` (default: the whole common grid; a ``Grid.window`` for a tile,
+    a ``Grid.decimated`` one for statistics with ``point_sample=True``)."""
+    grid = src.grid if grid is None else grid
+    opt_resampling = src.opt_resampling
+    if point_sample and opt_resampling == Resampling.average:
+        # Averaging onto a coarse grid would average over the coarse pixel, far more than the
+        # matching grid does; bilinear point samples of the (finer) optical are the closer proxy.
+        opt_resampling = Resampling.bilinear
+    sar_arr, sar_valid = _read_onto(src.sar_info, [src.sar_band], grid, Resampling.bilinear, point_sample)
+    opt_arr, opt_valid = _read_onto(src.opt_info, list(src.opt_bands), grid, opt_resampling, point_sample)
     return GridPair(
         sar=sar_arr[0], optical=opt_arr, sar_valid=sar_valid, opt_valid=opt_valid, grid=grid,
-        sar_info=sar, opt_info=opt, warnings=notes,
+        sar_info=src.sar_info, opt_info=src.opt_info, warnings=list(src.warnings),
     )
+
+
+def load_pair(
+    sar_path: str,
+    opt_path: str,
+    aoi: Optional[Bounds] = None,
+    aoi_crs: Optional[str] = None,
+    resolution: Optional[float] = None,
+    sar_band: int = 1,
+    opt_bands: Optional[Sequence[int]] = None,
+    min_size: int = 256,
+) -> GridPair:
+    """Read the AOI of both rasters onto the common (SAR-aligned) grid, all at once.
+
+    Memory grows with the AOI (about 18 bytes per grid pixel for a 3-band optical); the matching
+    pipeline reads tile by tile instead (``open_pair`` + ``read_pair`` on windows)."""
+    return read_pair(open_pair(sar_path, opt_path, aoi=aoi, aoi_crs=aoi_crs, resolution=resolution,
+                               sar_band=sar_band, opt_bands=opt_bands, min_size=min_size))

@@ -53,11 +53,6 @@ def _thumb_step(shape: tuple[int, ...]) -> int:
     return max(int(np.ceil(max(shape) / CHECKER_MAX)), 1)
 
 
-def _thumb(a: np.ndarray) -> np.ndarray:
-    step = _thumb_step(a.shape)
-    return a[::step, ::step] if step > 1 else a
-
-
 def write_results(result: MatchResult, out_dir: str, corrected: bool = True, checkerboard: bool = True,
                   extra_summary: Optional[dict] = None, progress: Optional[ProgressCallback] = None,
                   cancel: Optional[CancelToken] = None) -> OutputPaths:
@@ -77,8 +72,14 @@ def write_results(result: MatchResult, out_dir: str, corrected: bool = True, che
         write_tiepoints_gpkg(paths.gpkg, result.tieset)
         placed.append(paths.gpkg)
         cancel.check()
+        sar_thumb = None
         if paths.checker_before:
-            write_checkerboard_png(paths.checker_before, _thumb(result.sar_unit), _thumb(result.opt_unit))
+            # Read at checkerboard size from the files: the run keeps no full-scene image.
+            thumb = _thumbnail_grid(result)
+            sar_thumb = _sar_unit_on(result, thumb)
+            write_checkerboard_png(paths.checker_before, sar_thumb,
+                                   _optical_unit_on(result.pair.opt_info, list(result.pair.opt_bands), thumb,
+                                                    result.stretch))
             placed.append(paths.checker_before)
         if paths.corrected:
             progress(0.2, "Warping the optical raster")
@@ -86,8 +87,11 @@ def write_results(result: MatchResult, out_dir: str, corrected: bool = True, che
                              lambda f, *_: progress(0.2 + 0.7 * f, "Warping the optical raster"), cancel)
             placed.append(paths.corrected)
             if paths.checker_after:
-                sar_thumb = _thumb(result.sar_unit)
-                after = _reread_on_thumbnail_grid(result, paths.corrected, sar_thumb.shape)
+                thumb = _thumbnail_grid(result)
+                if sar_thumb is None:
+                    sar_thumb = _sar_unit_on(result, thumb)
+                info = open_raster(paths.corrected, "corrected optical")
+                after = _optical_unit_on(info, list(range(1, min(info.count, 3) + 1)), thumb, None)
                 write_checkerboard_png(paths.checker_after, sar_thumb, after)
                 placed.append(paths.checker_after)
         summary = result.summary()
@@ -123,10 +127,9 @@ def _write_corrected(result: MatchResult, dst: str, progress, cancel: CancelToke
     warp_with_transform(result.pair.opt_info.path, dst, result.transform, wkt, progress=progress, cancel=cancel)
 
 
-def _reread_on_thumbnail_grid(result: MatchResult, path: str, shape: tuple[int, int]) -> np.ndarray:
-    """The corrected raster read directly at checkerboard size (never the full grid): pixel k of
-    the coarse grid is centred on pixel k·step of the matching grid, where ``_thumb`` samples."""
-    from rasterio.enums import Resampling
+def _thumbnail_grid(result: MatchResult):
+    """The checkerboard grid: at most CHECKER_MAX px a side, pixel k centred on pixel k·step of the
+    matching grid (what striding the grid by ``step`` would sample)."""
     from rasterio.transform import Affine
 
     from .raster_io import Grid
@@ -134,13 +137,34 @@ def _reread_on_thumbnail_grid(result: MatchResult, path: str, shape: tuple[int, 
     grid = result.pair.grid
     step = _thumb_step((grid.height, grid.width))
     half = (step - 1) / 2.0
-    thumb = Grid(crs=grid.crs, width=shape[1], height=shape[0],
-                 transform=grid.transform * Affine.translation(-half, -half) * Affine.scale(step))
-    info = open_raster(path, "corrected optical")
-    bands = list(range(1, min(info.count, 3) + 1))
-    arr, valid = _read_onto(info, bands, thumb, Resampling.bilinear)
+    return Grid(crs=grid.crs, width=-(-grid.width // step), height=-(-grid.height // step),
+                transform=grid.transform * Affine.translation(-half, -half) * Affine.scale(step))
+
+
+def _sar_unit_on(result: MatchResult, thumb) -> np.ndarray:
+    """The SAR on the thumbnail grid, point-sampled and stretched like the matching tiles."""
+    from rasterio.enums import Resampling
+
+    st = result.stretch
+    arr, valid = _read_onto(result.pair.sar_info, [result.pair.sar_band], thumb, Resampling.bilinear,
+                            point_sample=True)
+    if not valid.any():
+        return np.zeros(valid.shape, np.float32)
+    unit, _ = preprocess.sar_to_unit(arr[0], scale=st.sar_scale, clip=(st.sar_lo, st.sar_hi), valid_mask=valid)
+    return unit
+
+
+def _optical_unit_on(info, bands: list[int], thumb, stretch) -> np.ndarray:
+    """An optical raster on the thumbnail grid (point-sampled), stretched with ``stretch`` or, for
+    the corrected raster (None), robustly on its own."""
+    from rasterio.enums import Resampling
+
+    arr, valid = _read_onto(info, bands, thumb, Resampling.bilinear, point_sample=True)
+    if not valid.any():
+        return np.zeros(valid.shape, np.float32)
     gray = preprocess.optical_to_gray(arr)
-    unit, _ = preprocess.optical_to_unit(gray, valid)
+    clip = None if stretch is None else (stretch.opt_lo, stretch.opt_hi)
+    unit, _ = preprocess.optical_to_unit(gray, valid, clip=clip)
     return unit
 
 

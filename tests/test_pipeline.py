@@ -14,8 +14,9 @@ from engine.evaluate import checkpoint_error
 from engine.outputs.gpkg import read_tiepoints_gpkg
 from engine.outputs.points_file import read_points
 from engine.params import MatchParams
-from engine.pipeline import match_candidates, match_pair
+from engine.pipeline import match_candidates, match_pair, preprocess_pair
 from engine.progress import CancelToken
+from engine.raster_io import load_pair
 from engine.simulate import MisregParams, SceneParams, load_truth, simulate_pair
 from engine.write_results import write_results
 
@@ -122,9 +123,8 @@ def test_cancel_while_writing_removes_partial_outputs(result, tmp_path):
     assert [f for f in os.listdir(out)] == []
 
 
-def test_structural_blocks_do_not_change_results(scene, result):
-    sar, opt = result.sar_unit, result.opt_unit
-    valid = np.isfinite(sar)
+def test_structural_blocks_do_not_change_results(scene):
+    sar, opt, _valid = preprocess_pair(load_pair(scene.sar, scene.optical), MatchParams())
     pts = np.array([[200, 200], [300, 520], [560, 400]])
     p = MatchParams()
     a = match_candidates(sar, opt, pts, p, block=128)
