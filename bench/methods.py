@@ -85,6 +85,7 @@ class _DeepPair:
 
     @classmethod
     def get(cls, search: np.ndarray, template: np.ndarray, fresh: bool = False) -> dict:
+        from engine.deep.matcher import heatmap_to_match
         from engine.runtime.deep import DeepModels
 
         if cls.models is None:
@@ -93,12 +94,17 @@ class _DeepPair:
         if fresh or key != cls.key:
             m = cls.models
             raw = m.heatmaps(search[None], template[None])
-            dm = m.peak(raw[0])
+            dm = heatmap_to_match(raw[0], search.shape[0])
             s = search.shape[0] // 2 - template.shape[0] // 2
             centre = search[s:s + template.shape[0], s:s + template.shape[1]]
             good = min(float(m.crop_goodness(centre[None], "sar")[0]), float(m.crop_goodness(template[None], "opt")[0]))
             cls.key, cls.value = key, {"match": dm, "orn": float(m.reliability(raw)[0]), "good": good}
         return cls.value
+
+
+def reset_caches() -> None:
+    """Forget the shared per-pair deep outputs (the speed section times every call from scratch)."""
+    _DeepPair.key = ()
 
 
 DEEP_THRESHOLD = 0.5

@@ -25,11 +25,14 @@ import numpy as np
 
 def per_correspondence(pairs, methods, repeats: int) -> dict[str, dict]:
     """{method: {median_ms, min_ms, max_ms, n_calls, units}} over ``repeats`` x pairs calls."""
+    from .methods import reset_caches
+
     out: dict[str, dict] = {}
     for m in methods:
         times = []
         for _ in range(repeats):
             for p in pairs:
+                reset_caches()  # the deep variants share per-pair network outputs; time the real work
                 t0 = time.perf_counter()
                 m.fn(p.search, p.template)
                 times.append(time.perf_counter() - t0)

@@ -13,7 +13,7 @@ import time
 from typing import Optional, Sequence
 
 from .errors import CancelledError, MatcherError
-from .params import METHODS, TRANSFORMS, MatchParams
+from .params import CANDIDATE_MODES, DEVICES, GOODNESS_FUSIONS, METHODS, TRANSFORMS, MatchParams
 from .progress import CancelToken, ConsoleProgressBar
 from .version import __version__
 
@@ -35,7 +35,16 @@ def _add_match_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aoi", type=_aoi, help="area of interest xmin,ymin,xmax,ymax (in --aoi-crs, default the SAR CRS)")
     p.add_argument("--aoi-crs", help="CRS of --aoi, e.g. EPSG:4326")
     p.add_argument("--n-target", type=int, default=d.n_target, help="candidate locations wanted (default %(default)s)")
-    p.add_argument("--candidates", choices=("structure", "grid"), default=d.candidates)
+    p.add_argument("--candidates", choices=CANDIDATE_MODES, default=d.candidates,
+                   help="candidate detector; 'auto' = goodness networks for --method deep, else structure")
+    p.add_argument("--orn-threshold", type=float, default=d.orn_threshold,
+                   help="deep: flag matches the ORN rates below this (default %(default)s)")
+    p.add_argument("--goodness-fusion", choices=GOODNESS_FUSIONS, default=d.goodness_fusion,
+                   help="deep: fuse SAR/optical goodness with min (precision) or max (recall)")
+    p.add_argument("--goodness-threshold", type=float, default=d.goodness_threshold)
+    p.add_argument("--model-size", choices=("full", "lite"), help="deep: network size (default: largest installed)")
+    p.add_argument("--device", choices=DEVICES, default=d.device,
+                   help="deep: where the networks run; 'auto' uses CUDA only if it really works")
     p.add_argument("--max-offset", type=float, help="largest expected misregistration in pixels (widens the search)")
     p.add_argument("--template-size", type=int, default=d.template_size)
     p.add_argument("--search-size", type=int, default=d.search_size)
@@ -58,6 +67,8 @@ def _params(a: argparse.Namespace) -> MatchParams:
         search_size=a.search_size, sar_scale=a.sar_scale, sar_clip=a.sar_clip, min_quality=a.min_quality,
         ransac_threshold_px=a.ransac_threshold, resolution=a.resolution, sar_band=a.sar_band,
         opt_bands=[int(b) for b in a.optical_bands.split(",")] if a.optical_bands else None,
+        orn_threshold=a.orn_threshold, goodness_fusion=a.goodness_fusion, goodness_threshold=a.goodness_threshold,
+        model_size=a.model_size, device=a.device,
     )
 
 

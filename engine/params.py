@@ -4,21 +4,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-METHODS = ("structural", "ncc", "mi")
+METHODS = ("structural", "ncc", "mi", "deep")
+CANDIDATE_MODES = ("auto", "structure", "grid", "goodness")
+GOODNESS_FUSIONS = ("min", "max")
+DEVICES = ("auto", "cpu", "cuda")
 TRANSFORMS = ("shift", "affine", "poly1", "poly2", "poly3", "tps", "projective")
 
 
 @dataclass
 class MatchParams:
     method: str = "structural"
-    """Similarity used for template matching: 'structural' (default), 'ncc' or 'mi'."""
+    """Similarity used for template matching: 'structural' (default), 'ncc', 'mi' or 'deep' (Hughes'
+    goodness -> CorrASL -> ORN networks, ``models/``)."""
     transform: str = "affine"
     template_size: int = 128
     search_size: int = 256
     max_offset_px: Optional[float] = None
     """Largest misregistration expected, in pixels of the matching grid; widens the search window."""
-    candidates: str = "structure"
-    """'structure' (corner/structure detector with spread) or 'grid'."""
+    candidates: str = "auto"
+    """'structure' (corner/structure detector with spread), 'grid', 'goodness' (the goodness networks;
+    needs the models) or 'auto': goodness for the deep method, structure otherwise."""
     n_target: int = 300
     """Number of candidate locations wanted (an upper bound; spread is kept)."""
     grid_spacing: Optional[int] = None
@@ -37,12 +42,32 @@ class MatchParams:
     sar_band: int = 1
     opt_bands: Optional[list[int]] = None
     seed: int = 0
+    orn_threshold: float = 0.5
+    """Deep method: matches whose ORN reliability is below this are flagged (not deleted)."""
+    goodness_fusion: str = "min"
+    """Deep method: fuse the SAR and optical goodness maps with 'min' (precision) or 'max' (recall)."""
+    goodness_threshold: float = 0.3
+    """Deep method: goodness peaks below this fused value are not candidates."""
+    model_size: Optional[str] = None
+    """'full', 'lite' or None (the largest installed)."""
+    device: str = "auto"
+    """Where the networks run: 'auto' (CUDA if it really works), 'cpu' or 'cuda'."""
 
     def validate(self) -> None:
         from .errors import InputError
 
         if self.method not in METHODS:
             raise InputError(f"Unknown method '{self.method}'; choose one of {', '.join(METHODS)}.")
+        if self.candidates not in CANDIDATE_MODES:
+            raise InputError(f"Unknown candidate mode '{self.candidates}'; choose one of {', '.join(CANDIDATE_MODES)}.")
+        if self.goodness_fusion not in GOODNESS_FUSIONS:
+            raise InputError(f"Goodness fusion must be 'min' or 'max', got '{self.goodness_fusion}'.")
+        if self.device not in DEVICES:
+            raise InputError(f"Unknown device '{self.device}'; choose one of {', '.join(DEVICES)}.")
+        if not 0.0 <= self.orn_threshold <= 1.0 or not 0.0 <= self.goodness_threshold <= 1.0:
+            raise InputError("The ORN and goodness thresholds must lie between 0 and 1.")
+        if self.method == "deep" and self.template_size != 128:
+            raise InputError("The deep method uses the networks' 128 px template; leave the template size at 128.")
         if self.transform not in TRANSFORMS:
             raise InputError(f"Unknown transform '{self.transform}'; choose one of {', '.join(TRANSFORMS)}.")
         if self.template_size < 16 or self.template_size % 2:
@@ -55,6 +80,12 @@ class MatchParams:
             return int(self.search_size)
         need = self.template_size + 2 * int(round(self.max_offset_px)) + 2
         return max(int(self.search_size), need + (need % 2))
+
+    def candidate_mode(self) -> str:
+        """The candidate detector this run uses ('auto' resolved)."""
+        if self.candidates != "auto":
+            return self.candidates
+        return "goodness" if self.method == "deep" else "structure"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,6 +32,7 @@ from .types import PatchMatch, TiePoint, TieSet
 from .version import __version__
 
 STAGES = (("Reading rasters", 1.0), ("Finding candidates", 1.0), ("Matching", 8.0), ("Fitting geometry", 0.5))
+DEEP_STAGES = (("Loading models", 0.5),) + STAGES
 """Stage names and progress-bar weights. Tile reads and preprocessing happen inside the candidate
 and matching stages; "Reading rasters" opens the inputs and reads the decimated statistics sample."""
 
@@ -65,6 +66,8 @@ class MatchResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     version: str = __version__
+    models: Optional[dict] = None
+    """Deep method: size, provider and versions of the networks used."""
 
     def summary(self) -> dict:
         s = self.stats
@@ -81,7 +84,7 @@ class MatchResult:
             "shift_px": list(s.shift_px), "coverage": s.coverage, "tiles": s.n_tiles,
             "stretch": self.stretch.to_dict(),
             "transform": self.transform.to_dict() if self.transform is not None else None,
-            "timings_s": self.timings, "warnings": self.warnings,
+            "timings_s": self.timings, "warnings": self.warnings, "models": self.models,
         }
 
 
@@ -108,13 +111,14 @@ def find_candidates(sar: np.ndarray, opt: np.ndarray, valid: np.ndarray, params:
     """(N, 2) integer (row, col) template centres whose windows lie on valid pixels (whole images;
     ``tiling.CandidateAccumulator`` gives the same positions tile by tile)."""
     margin = params.effective_search_size() // 2
-    if params.candidates == "grid":
+    mode = params.candidate_mode()
+    if mode == "grid":
         spacing = params.grid_spacing or grid_spacing_for(valid.shape, margin, params.n_target)
         pts = cand.grid_candidates(valid.shape, spacing, margin, valid_mask=valid)
-    elif params.candidates == "structure":
+    elif mode == "structure":
         pts, _scores = cand.structure_candidates(opt, sar, params.n_target, margin, valid)
     else:
-        raise InputError(f"Unknown candidate mode '{params.candidates}' (use 'structure' or 'grid').")
+        raise InputError(f"Candidate mode '{mode}' needs the tiled pipeline (match_pair); use 'structure' or 'grid'.")
     return np.asarray(pts, dtype=int).reshape(-1, 2)
 
 
@@ -219,6 +223,7 @@ def build_tieset(pair: PairSource | GridPair, points: np.ndarray, matches: list[
             id=i + 1, opt_col=float(opt_col), opt_row=float(opt_row), opt_x=float(ox[i]), opt_y=float(oy[i]),
             sar_col=float(sar_col), sar_row=float(sar_row), sar_x=float(sx[i]), sar_y=float(sy[i]),
             score=float(m.score), quality=float(m.quality), cov=tuple(float(v) for v in m.cov),
+            goodness=float(m.goodness), orn_prob=float(m.reliability),
         ))
     return TieSet(points=pts, crs_wkt=grid.crs.to_wkt(), pixel_size=grid.res)
 
@@ -226,10 +231,14 @@ def build_tieset(pair: PairSource | GridPair, points: np.ndarray, matches: list[
 def flag_weak(tieset: TieSet, matches: list[PatchMatch], params: MatchParams) -> None:
     """Flag peaks on the search border (offset beyond the window) or not distinct enough."""
     radius = (params.effective_search_size() - params.template_size) // 2
+    deep = params.method == "deep"
+    edge = radius - 1 if deep else radius  # the deep heatmap's outermost cell is 2 px wide
     for p, m in zip(tieset.points, matches):
-        if max(abs(m.peak[0]), abs(m.peak[1])) >= radius:
+        if max(abs(m.peak[0]), abs(m.peak[1])) >= edge:
             p.status, p.flag_reason = "flagged", "peak at search window edge"
-        elif not (m.quality >= params.min_quality):
+        elif deep and not (m.reliability >= params.orn_threshold):
+            p.status, p.flag_reason = "flagged", f"ORN: unreliable ({m.reliability:.2f} < {params.orn_threshold:.2f})"
+        elif not deep and not (m.quality >= params.min_quality):
             p.status, p.flag_reason = "flagged", f"weak peak (quality {m.quality:.2f})"
 
 
@@ -293,18 +302,21 @@ def _grid_rect(grid) -> tuple[float, float, float, float]:
 
 def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = None,
                progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None, *,
-               tiling: Optional[TilingOptions] = None, matcher: Optional[TileMatcher] = None) -> MatchResult:
+               tiling: Optional[TilingOptions] = None, matcher: Optional[TileMatcher] = None,
+               models=None) -> MatchResult:
     """Match an optical raster against a SAR raster and fit the correcting transform.
 
     The scene is processed in tiles (``tiling``; the defaults suit any size): peak memory is set by
     the tile size, not by the scene. ``matcher`` replaces the classical matching of each tile's
-    candidates (see ``tiling.TileMatcher``); by default ``params.method`` is used.
+    candidates (see ``tiling.TileMatcher``); by default ``params.method`` is used. ``models``: loaded
+    ``engine.runtime.deep.DeepModels`` to reuse across runs (the deep method loads them otherwise).
     """
     params = params or MatchParams()
     params.validate()
     tiling = tiling or TilingOptions()
     cancel = cancel or CancelToken()
-    rep = StageReporter(STAGES, progress or (lambda f, s: None), cancel)
+    deep_needed = params.method == "deep" or params.candidate_mode() == "goodness"
+    rep = StageReporter(DEEP_STAGES if deep_needed else STAGES, progress or (lambda f, s: None), cancel)
     timings: dict[str, float] = {}
 
     def timed(name, fn, *a, **kw):
@@ -322,6 +334,10 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
                         sar_band=params.sar_band, opt_bands=params.opt_bands, min_size=search)
         return src, scene_stretch(src, params, tiling.stats_max_pixels)
 
+    if deep_needed and models is None:
+        from .runtime.deep import DeepModels
+
+        models = timed("Loading models", DeepModels, params.model_size, params.device)
     pair, stats = timed("Reading rasters", read_stats)
     stretch = stats.stretch
     run = TileRun(tiles=tiles_for(pair, params, tiling))
@@ -331,7 +347,13 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
         rep.update("Finding candidates", i / n, f"Finding candidates (tile {i + 1}/{n})" if n > 1 else None)
 
     run.whole, stats.whole = stats.whole, None  # a small scene's statistics read is its only read
-    points = timed("Finding candidates", find_candidates_tiled, pair, stretch, params, run, on_tile)
+    acc = None
+    if params.candidate_mode() == "goodness":
+        from .deep.goodness import GoodnessAccumulator
+
+        acc = GoodnessAccumulator(models, (pair.grid.height, pair.grid.width), params.goodness_fusion,
+                                  params.goodness_threshold, params.effective_search_size() // 2, params.n_target)
+    points = timed("Finding candidates", find_candidates_tiled, pair, stretch, params, run, on_tile, acc)
     if len(points) == 0:
         raise TooFewPointsError(
             "No candidate location has a complete search window on valid pixels in both rasters; "
@@ -341,8 +363,15 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
     def on_match(done: int, total: int) -> None:
         rep.update("Matching", done / max(total, 1), f"Matching {done}/{total}")
 
+    if matcher is None and params.method == "deep":
+        from .deep.matcher import deep_tile_matcher
+
+        matcher = deep_tile_matcher(models)
     matches = timed("Matching", match_tiles, pair, stretch, points, params, run,
                     matcher or classical_tile_matcher(tiling.block), on_match)
+    if acc is not None and hasattr(acc, "scores"):
+        for m, g in zip(matches, acc.scores):
+            m.goodness = float(g)
     run.cached = None
     tieset = build_tieset(pair, points, matches)
 
@@ -361,5 +390,8 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
     stats_out = compute_stats(tieset, len(points), pair.grid)
     stats_out.n_tiles = n_tiles
     rep.done("Matching finished")
-    return MatchResult(tieset=tieset, transform=transform, stats=stats_out, params=params, pair=pair,
-                       stretch=stretch, timings=timings, warnings=list(pair.warnings))
+    res = MatchResult(tieset=tieset, transform=transform, stats=stats_out, params=params, pair=pair,
+                      stretch=stretch, timings=timings, warnings=list(pair.warnings))
+    if models is not None:
+        res.models = {"size": models.size, "provider": models.provider, "versions": models.versions}
+    return res

@@ -261,12 +261,13 @@ class CandidateAccumulator:
     def __post_init__(self) -> None:
         self.margin, self.template, self.step = candidate_geometry(self.params)
         h, w = self.shape
-        if self.params.candidates == "structure":
+        mode = self.params.candidate_mode()
+        if mode == "structure":
             cells = (h // self.step, w // self.step)
             self.lam = np.zeros(cells)
             self.energy = np.zeros(cells)
             self.ok = np.zeros(cells, bool)
-        elif self.params.candidates == "grid":
+        elif mode == "grid":
             spacing = self.params.grid_spacing or grid_spacing_for(self.shape, self.margin, self.params.n_target)
             self.grid_rows, self.grid_cols = cand.grid_positions(self.shape, spacing, self.margin)
         else:
@@ -278,7 +279,7 @@ class CandidateAccumulator:
             return  # nothing valid within the tile's reach: its cells stay 0 / not usable
         r0, c0, r1, c1 = t.tile.core
         o_r, o_c = t.origin
-        if self.params.candidates == "grid":
+        if self.params.candidate_mode() == "grid":
             rows = self.grid_rows[(self.grid_rows >= r0) & (self.grid_rows < r1)]
             cols = self.grid_cols[(self.grid_cols >= c0) & (self.grid_cols < c1)]
             if len(rows) and len(cols):
@@ -308,7 +309,7 @@ class CandidateAccumulator:
 
     def select(self) -> np.ndarray:
         """(N, 2) int (row, col) candidates of the whole scene, in the order matching uses."""
-        if self.params.candidates == "grid":
+        if self.params.candidate_mode() == "grid":
             if not self.grid_kept:
                 return np.zeros((0, 2), int)
             pts = np.concatenate(self.grid_kept)
@@ -367,11 +368,12 @@ def load_tile(src: PairSource, tile: Tile, stretch: Stretch, run: TileRun,
 
 
 def find_candidates_tiled(src: PairSource, stretch: Stretch, params: MatchParams, run: TileRun,
-                          on_tile: Callable[[int, int], None]) -> np.ndarray:
+                          on_tile: Callable[[int, int], None], acc=None) -> np.ndarray:
     """Pass 1: the scene's candidates, (N, 2) int grid (row, col). Leaves the last tile in
     ``run.cached`` for pass 2 and uses ``run.whole`` for a tile spanning the grid.
     ``on_tile(i, n)`` is called before each tile (progress and the cancel check)."""
-    acc = CandidateAccumulator(params, (src.grid.height, src.grid.width))
+    if acc is None:  # any object with add(TileArrays) and select() works (e.g. the goodness one)
+        acc = CandidateAccumulator(params, (src.grid.height, src.grid.width))
     full = (0, 0, src.grid.height, src.grid.width)
     for i, tile in enumerate(run.tiles):
         on_tile(i, len(run.tiles))
@@ -415,9 +417,13 @@ def match_tiles(src: PairSource, stretch: Stretch, points: np.ndarray, params: M
 
 
 def tiles_for(src: PairSource, params: MatchParams, options: TilingOptions) -> list[Tile]:
-    """The tiles of ``src``'s grid for a run with ``params``."""
+    """The tiles of ``src``'s grid for a run with ``params`` (read windows snapped to the candidate
+    score step, and to the goodness networks' 32 px stride when they pick the candidates)."""
     _m, _t, step = candidate_geometry(params)
-    return plan_tiles(src.grid.height, src.grid.width, options.core_size(), tile_margin(params), snap=step)
+    if params.candidate_mode() == "goodness":
+        step = step * 32 // math.gcd(step, 32)
+    margin = int(math.ceil(tile_margin(params) / step)) * step
+    return plan_tiles(src.grid.height, src.grid.width, options.core_size(), margin, snap=step)
 
 
 def points_in_tiles(points: np.ndarray, tiles: Iterable[Tile]) -> np.ndarray:

@@ -36,6 +36,12 @@ class PatchMatch:
     """Peak distinctiveness, e.g. ratio of the best to the second-best peak (>1 is better)."""
     cov: tuple[float, float, float] = (NAN, NAN, NAN)
     """Offset covariance (var_row, cov_rowcol, var_col) in px², estimated from the peak shape."""
+    reliability: float = NAN
+    """Deep pipeline: the ORN's probability that this peak is a correct match (NaN otherwise)."""
+    goodness: float = NAN
+    """Deep pipeline: fused scene goodness at the candidate (NaN otherwise)."""
+    alternatives: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))
+    """(k, 2) further (drow, dcol) hypotheses from secondary peaks, best first (Uss et al.)."""
 
 
 @dataclass

@@ -267,9 +267,10 @@ class MatcherDock(QgsDockWidget):
         self.orn_threshold.setRange(0.0, 1.0)
         self.orn_threshold.setSingleStep(0.05)
         self.goodness = QComboBox()
-        for k in ("product", "mean", "min"):
-            self.goodness.addItem(k.capitalize(), k)
+        self.goodness.addItem("Min (precision)", "min")
+        self.goodness.addItem("Max (recall)", "max")
         self.device = QComboBox()
+        self.device.addItem("Automatic (GPU if usable)", "auto")
         self.device.addItem("CPU", "cpu")
         self.device.addItem("GPU (CUDA)", "cuda")
         f.addRow("ORN threshold", self.orn_threshold)
@@ -489,8 +490,8 @@ class MatcherDock(QgsDockWidget):
     def current_params(self) -> MatchParams:
         """MatchParams from the widgets; raises LayerError/AoiError/MatcherError with a user message."""
         method = self.method.currentData()
-        if method == "deep":
-            raise MatcherError("The deep pipeline is not available in this version; choose another method.")
+        if method == "deep" and not self.models:
+            raise MatcherError(f"The deep method is not available ({self.no_deep}); choose another method.")
         max_px = None
         if self.max_offset.value() > 0:
             v = self.max_offset.value()
@@ -508,6 +509,8 @@ class MatcherDock(QgsDockWidget):
             search_size=self.search_size.value(), min_quality=self.min_quality.value(),
             ransac_threshold_px=self.ransac.value(), aoi=aoi.rect, aoi_crs=aoi.crs,
             sar_band=max(1, self.sar_band.currentBand()), opt_bands=[opt_band] if opt_band > 0 else None,
+            orn_threshold=self.orn_threshold.value(), goodness_fusion=self.goodness.currentData() or "min",
+            device=self.device.currentData() or "auto",
         )
         p.validate()
         return p

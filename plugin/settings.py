@@ -33,9 +33,9 @@ class DockSettings:
     aoi_mode: str = "overlap"
     output_folder: str = ""
     write_vrt: bool = False
-    orn_threshold: float = 0.5
-    goodness_fusion: str = "product"
-    device: str = "cpu"
+    orn_threshold: float = _ENGINE.orn_threshold
+    goodness_fusion: str = _ENGINE.goodness_fusion
+    device: str = _ENGINE.device
 
     @classmethod
     def load(cls, settings: QgsSettings | None = None) -> "DockSettings":

@@ -10,34 +10,18 @@ luminance stretch, both in [0, 1]); the fixed affine map to network input comes 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..errors import ModelError
-from ..matchers.subpixel import refine_peak, top_peaks
 from .correlate import fft_correlate
 from .registry import NETWORKS, available_sizes, load_manifest, verify
 from .session import Session, make_session
 
 EXPECTED = {"search_px": 256, "template_px": 128, "heatmap": 65, "cell_px": 2.0, "centre_cell": 32}
 BATCH = 16
-
-
-@dataclass
-class DeepMatch:
-    """CorrASL's answer for one pair, in pixels (offset convention of ``engine.types``)."""
-    offset: tuple[float, float]
-    peak: tuple[int, int]
-    """Integer heatmap cell of the maximum, relative to the centre cell."""
-    score: float
-    quality: float
-    cov: tuple[float, float, float]
-    """px^2 (cell covariance scaled by cell_px^2)."""
-    alternatives: np.ndarray
-    """(k, 2) further (drow, dcol) px hypotheses from secondary peaks, best first."""
 
 
 class DeepModels:
@@ -92,11 +76,16 @@ class DeepModels:
         return self._run("corrasl_opt", self.to_input(template_unit)[:, None])
 
     def heatmaps(self, search_unit: np.ndarray, template_unit: np.ndarray) -> np.ndarray:
-        """(N,256,256) SAR windows x (N,128,128) optical templates -> (N,65,65) raw heatmaps."""
+        """(N,S,S) SAR windows x (N,128,128) optical templates -> raw heatmaps, (N,65,65) for S = 256.
+
+        Any even S > 136 works (the streams are fully convolutional); see ``engine.deep.matcher`` for
+        the cell -> pixel mapping."""
         s = np.asarray(search_unit)
         t = np.asarray(template_unit)
-        if s.shape[1:] != (256, 256) or t.shape[1:] != (128, 128) or len(s) != len(t):
-            raise ValueError(f"CorrASL needs (N,256,256) windows and (N,128,128) templates, got {s.shape}, {t.shape}")
+        if (t.shape[1:] != (128, 128) or len(s) != len(t) or s.ndim != 3 or s.shape[1] != s.shape[2]
+                or s.shape[1] < 136 or s.shape[1] % 2):
+            raise ValueError(f"CorrASL needs (N,S,S) windows (S even, > 136) and (N,128,128) templates, "
+                             f"got {s.shape}, {t.shape}")
         return fft_correlate(self.sar_features(s), self.opt_features(t))
 
     def reliability(self, heatmaps: np.ndarray) -> np.ndarray:
@@ -112,15 +101,3 @@ class DeepModels:
         """Goodness of (N,128,128) crops, (N,)."""
         name = "goodness_sar" if modality == "sar" else "goodness_opt"
         return self._run(name, self.to_input(crops_unit)[:, None], batch=64).reshape(-1)
-
-    # ------------------------------------------------------------------ heatmap -> pixels
-    @staticmethod
-    def peak(heatmap: np.ndarray, alternatives: int = 3) -> DeepMatch:
-        """Sub-pixel peak of one raw heatmap in pixels, with covariance and secondary peaks."""
-        cell = EXPECTED["cell_px"]
-        r = refine_peak(heatmap, exclusion_radius=2.0)
-        offs, _ = top_peaks(heatmap, alternatives + 1, min_distance=2.0)
-        alt = offs[1:].astype(float) * cell if len(offs) > 1 else np.empty((0, 2))
-        c = r.cov
-        return DeepMatch((r.offset[0] * cell, r.offset[1] * cell), r.peak, r.score, r.quality,
-                         (c[0] * cell ** 2, c[1] * cell ** 2, c[2] * cell ** 2), alt)
