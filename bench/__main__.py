@@ -35,7 +35,7 @@ class Config:
         self.speed_repeats = 20 if full else 5
         self.speed_pairs = 5 if full else 3
         self.e2e_sizes = (2048, 4096) if full else (2048,)
-        self.e2e_methods = ("ncc", "structural", "mi") if full else ("ncc", "structural")
+        self.e2e_methods = ("ncc", "structural", "mi", "deep") if full else ("ncc", "structural", "deep")
         self.memory_sizes = (2048, 4096, 8192, 16384) if full else ()
         self.memory_timeout_s = 2400
         self.gf3_n_target = 200 if full else 80
@@ -179,9 +179,10 @@ def run_scenes(cfg: Config, methods: tuple[str, ...], peers: tuple[str, ...], wo
             continue
         base = SceneRow(scene=name, kind=kind, size=cfg.scene_size, method="", transform="")
         for m in methods:
-            if m in ("ncc", "mi", "structural"):
-                _log(f"  {m}")
-                rows += run_ours(sar, opt, truth, m, base, cfg.scene_n_target)
+            pm = "deep" if m == "deep_full" else m  # the full deep variant runs as the pipeline's 'deep' method
+            if pm in ("ncc", "mi", "structural", "deep"):
+                _log(f"  {pm}")
+                rows += run_ours(sar, opt, truth, pm, base, cfg.scene_n_target)
         if peers:
             _log(f"  peers {', '.join(peers)}")
             rows += run_peers(sar, opt, truth, base, peers, cfg.scene_n_target, notes)
@@ -220,7 +221,7 @@ def run_speed(cfg: Config, methods: tuple[str, ...], work: Path) -> dict:
             out["end_to_end"].append({"size": size, "method": "-", "error": f"simulation failed: {exc}"})
             continue
         for m in cfg.e2e_methods:
-            if m not in methods:
+            if m not in methods and not (m == "deep" and "deep_full" in methods):
                 continue
             _log(f"speed: end to end {size}² {m}")
             r = end_to_end(s, o, m)
@@ -273,7 +274,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     g.add_argument("--quick", action="store_true", help="small sizes, a few minutes on 2 cores (default)")
     g.add_argument("--full", action="store_true", help="thesis-sized sets, scenes and the 16k memory test")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
-    ap.add_argument("--methods", default="ncc,mi,structural,sift_ransac,arosics")
+    ap.add_argument("--methods", default="ncc,mi,structural,sift_ransac,arosics,corrasl,corrasl_orn,"
+                                         "goodness_corrasl,deep_full")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", default=str(ROOT / "docs"), help="folder for benchmarks.json and BENCHMARKS.md")
     ap.add_argument("--work", default=str(ROOT / "bench_output"), help="scratch folder (git-ignored)")

@@ -15,6 +15,9 @@ from .metrics import MAP_THRESHOLDS
 LABELS = {
     "ncc": "NCC (ours)", "mi": "MI (ours)", "structural": "Structural (ours)",
     "sift_ransac": "SIFT+RANSAC (OpenCV, peer)", "arosics": "AROSICS (peer)",
+    "corrasl": "CorrASL alone (deep)", "corrasl_orn": "CorrASL + ORN (deep)",
+    "goodness_corrasl": "Goodness + CorrASL (deep)", "deep_full": "Goodness + CorrASL + ORN (deep)",
+    "deep": "Deep pipeline (goodness + CorrASL + ORN)",
 }
 
 
