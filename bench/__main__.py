@@ -258,6 +258,35 @@ def run_memory(cfg: Config, work: Path) -> list[dict]:
     return rows
 
 
+def _merge_methods(section: str, new, old, methods: tuple[str, ...]):
+    """Keep the previous run's rows of methods not rerun now (scenes and speed sections).
+
+    Why: rerunning one expensive section for a new method (e.g. the deep pipeline) should not
+    throw away the other methods' measurements, nor force re-measuring them all."""
+    if not old or section not in ("scenes", "speed"):
+        return new
+    ran = set(methods) | ({"deep"} if "deep_full" in methods else set())
+    if section == "scenes":
+        from .scenes import SceneRow, summarise
+
+        rows = new["rows"] + [r for r in old.get("rows", []) if r.get("method") not in ran]
+        new["rows"] = rows
+        new["summary"] = summarise([SceneRow(**r) for r in rows])
+        new["n_scenes"] = len({r["scene"] for r in rows})
+        return new
+    pc = {**{k: v for k, v in old.get("per_correspondence", {}).items() if k not in ran},
+          **new.get("per_correspondence", {})}
+    ref = pc.get("ncc", {}).get("median_ms")
+    for v in pc.values():
+        if ref:
+            v["units"] = v["median_ms"] / ref
+    new["per_correspondence"] = pc
+    new["end_to_end"] = new.get("end_to_end", []) + [r for r in old.get("end_to_end", [])
+                                                     if r.get("method") not in ran]
+    new["end_to_end"].sort(key=lambda r: (r.get("size", 0), str(r.get("method"))))
+    return new
+
+
 def _git() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -335,6 +364,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for k in ("patch_sim", "real", "scenes", "speed", "memory"):
                 if k in old:
                     res[k] = old[k]
+            res["methods"] = {**old.get("methods", {}), **res["methods"]}
             res["meta"]["merged_from"] = {"date": old["meta"].get("date"), "command": old["meta"].get("command")}
             res["meta"]["command"] = old["meta"].get("command", res["meta"]["command"])
             res["notes"].append(f"sections {', '.join(sections)} rerun on {res['meta']['date']} "
@@ -361,7 +391,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         _log(f"section {s}")
         t0 = time.time()
         try:
-            res[key[s]] = runners[s]()
+            res[key[s]] = _merge_methods(s, runners[s](), res.get(key[s]), methods)
         except Exception as exc:
             import traceback
 

@@ -94,7 +94,7 @@ class _DeepPair:
         if fresh or key != cls.key:
             m = cls.models
             raw = m.heatmaps(search[None], template[None])
-            dm = heatmap_to_match(raw[0], search.shape[0])
+            dm = heatmap_to_match(raw[0], search.shape[0], correction=m.offset_correction)
             s = search.shape[0] // 2 - template.shape[0] // 2
             centre = search[s:s + template.shape[0], s:s + template.shape[1]]
             good = min(float(m.crop_goodness(centre[None], "sar")[0]), float(m.crop_goodness(template[None], "opt")[0]))

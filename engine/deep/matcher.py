@@ -32,14 +32,19 @@ def cell_to_offset(cell: np.ndarray, search: int) -> np.ndarray:
     return 2.0 * np.asarray(cell, float) - (search - TEMPLATE) / 2.0
 
 
-def heatmap_to_match(h: np.ndarray, search: int, alternatives: int = 3) -> PatchMatch:
-    """One raw CorrASL heatmap -> PatchMatch in pixels (peak = integer px of the best cell)."""
+def heatmap_to_match(h: np.ndarray, search: int, alternatives: int = 3,
+                     correction: tuple[float, float] = (0.0, 0.0)) -> PatchMatch:
+    """One raw CorrASL heatmap -> PatchMatch in pixels (peak = integer px of the best cell).
+
+    ``correction``: the model's measured systematic offset (``DeepModels.offset_correction``),
+    subtracted from the sub-pixel offset and the alternatives."""
     r = refine_peak(h, exclusion_radius=2.0)
     centre = np.array(heatmap_center(h.shape), float)
-    off = cell_to_offset(np.array(r.offset) + centre, search)
+    off = cell_to_offset(np.array(r.offset) + centre, search) - np.asarray(correction, float)
     peak = cell_to_offset(np.array(r.peak) + centre, search)
     offs, _ = top_peaks(h, alternatives + 1, min_distance=2.0)
-    alt = cell_to_offset(offs[1:] + centre, search) if len(offs) > 1 else np.empty((0, 2))
+    alt = cell_to_offset(offs[1:] + centre, search) - np.asarray(correction, float) if len(offs) > 1 \
+        else np.empty((0, 2))
     c = r.cov
     return PatchMatch(heatmap=np.zeros((0, 0), np.float32), peak=(int(round(peak[0])), int(round(peak[1]))),
                       offset=(float(off[0]), float(off[1])), score=float(r.score), quality=float(r.quality),
@@ -71,7 +76,7 @@ def deep_tile_matcher(models, chunk: int = CHUNK, cancel_check: Optional[Callabl
             heat = models.heatmaps(wins, tpls)
             rel = models.reliability(np.stack([orn_crop(h) for h in heat]))
             for h, p in zip(heat, rel):
-                m = heatmap_to_match(h, S)
+                m = heatmap_to_match(h, S, correction=models.offset_correction)
                 m.reliability = float(p)
                 out.append(m)
             if report:

@@ -47,6 +47,9 @@ class DeepModels:
         self.centre = float(pre.get("input_centre", 0.5))
         self.scale = float(pre.get("input_scale", 4.0))
         self.versions = {n: s.metadata.get("version", "?") for n, s in self.sessions.items()}
+        corr = self.sessions["corrasl_sar"].metadata.get("offset_correction_px", [0.0, 0.0])
+        self.offset_correction = (float(corr[0]), float(corr[1]))
+        """(drow, dcol) px subtracted from every CorrASL offset: its bias measured on validation pairs."""
 
     def _check_metadata(self) -> None:
         versions = {s.metadata.get("version") for s in self.sessions.values()}

@@ -105,8 +105,10 @@ def export(args: argparse.Namespace) -> list[Path]:
     if step == 0:
         raise SystemExit(f"no trained CorrASL {size} checkpoint")
     base = _common(size, extra.get("seconds", 0.0), step)
+    cal_path = RUNS / f"corrasl_{size}" / "calibration.json"
+    cal = json.loads(cal_path.read_text()) if cal_path.exists() else {"offset_correction_px": [0.0, 0.0]}
     geo = {"search_px": SEARCH_PX, "template_px": TEMPLATE_PX, "heatmap": HEATMAP, "cell_px": CELL_PX,
-           "centre_cell": CENTRE_CELL,
+           "centre_cell": CENTRE_CELL, "offset_correction_px": cal["offset_correction_px"], "calibration": cal,
            "cell_to_offset": "offset_px = (cell - centre_cell) * cell_px, template centre relative to the "
                              "search window centre; features: pixel ~ 2*f + 4 (7x7 conv, stride-2 pool)"}
     for mod, stream, px in (("sar", corr.sar, SEARCH_PX), ("opt", corr.opt, TEMPLATE_PX)):

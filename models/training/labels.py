@@ -15,6 +15,7 @@ stored with the labels and in the model card.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def make_labels(args: argparse.Namespace) -> Path:
     model = CorrASL(args.size)
     checkpoint.load(Path(args.corrasl or RUNS / f"corrasl_{args.size}" / "checkpoint.pt"), model, None, None)
     model.eval()
+    cal = Path(args.corrasl or RUNS / f"corrasl_{args.size}" / "checkpoint.pt").with_name("calibration.json")
+    corr = np.array(json.loads(cal.read_text())["offset_correction_px"]) if cal.exists() else np.zeros(2)
     rng = np.random.default_rng(args.seed)
     n_val = int(args.n * 0.15)
     recs = {k: [] for k in ("sar", "opt", "hm", "loss", "err", "val")}
@@ -82,7 +85,7 @@ def make_labels(args: argparse.Namespace) -> Path:
         b = sample_corr(pool, rng, m, augment=False, indices=idx)
         raw = model(torch.from_numpy(b.search), torch.from_numpy(b.template))
         loss = matching_loss_per_pair(raw, torch.from_numpy(b.cell).float(), args.loss).numpy()
-        err = l2(heatmap_offsets(raw.numpy()), b.offset)
+        err = l2(heatmap_offsets(raw.numpy()) - corr, b.offset)
         for k in range(m):
             r, c = (S - T) // 2 + int(b.offset[k, 0]), (S - T) // 2 + int(b.offset[k, 1])
             recs["sar"].append(b.search[k, 0, r:r + T, c:c + T].astype(np.float16))
