@@ -114,6 +114,8 @@ def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool
     token = CancelToken()
     old = _install_sigint(token)
     bar = None if quiet else ConsoleProgressBar()
+    made_out = not os.path.exists(out)
+    ok = False
     try:
         ensure_writable_dir(out)
         t0 = time.perf_counter()
@@ -128,6 +130,7 @@ def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool
         paths = write_results(result, out, corrected=corrected, checkerboard=checkerboard, extra_summary=extra,
                               progress=bar, cancel=token)
         _print_summary(result, paths, time.perf_counter() - t0, cp)
+        ok = True
         return 0
     except CancelledError as exc:
         print(f"\ncancelled: {exc} Partial outputs were removed.", file=sys.stderr)
@@ -135,9 +138,15 @@ def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool
     except MatcherError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("\nerror: out of memory; choose a smaller area of interest (--aoi) or a coarser --resolution.",
+              file=sys.stderr)
+        return 2
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
+        if not ok and made_out and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)  # a failed run leaves no empty output folder behind either
 
 
 def _print_summary(result, paths, seconds: float, cp) -> None:
@@ -154,6 +163,8 @@ def _print_summary(result, paths, seconds: float, cp) -> None:
     for k, v in paths.__dict__.items():
         if v:
             print(f"  {k:15s} {v}")
+    for w in result.warnings:  # e.g. an extreme resolution ratio, CUDA unusable: the run worked, but see why
+        print(f"warning: {w}", file=sys.stderr)
     print(f"Done in {seconds:.1f} s")
 
 

@@ -1,6 +1,7 @@
 """Parameters of one matching run, with the defaults a user gets from the CLI and the plugin."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -74,6 +75,10 @@ class MatchParams:
             raise InputError("The template size must be an even number of pixels, at least 16.")
         if self.effective_search_size() <= self.template_size:
             raise InputError("The search window must be larger than the template.")
+        if int(self.n_target) < 1:
+            raise InputError(f"The number of candidates (n_target) must be at least 1, got {self.n_target}.")
+        if self.resolution is not None and not (self.resolution > 0 and math.isfinite(self.resolution)):
+            raise InputError(f"The matching resolution must be a positive pixel size, got {self.resolution}.")
 
     def effective_search_size(self) -> int:
         if self.max_offset_px is None:

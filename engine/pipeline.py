@@ -35,6 +35,7 @@ STAGES = (("Reading rasters", 1.0), ("Finding candidates", 1.0), ("Matching", 8.
 DEEP_STAGES = (("Loading models", 0.5),) + STAGES
 """Stage names and progress-bar weights. Tile reads and preprocessing happen inside the candidate
 and matching stages; "Reading rasters" opens the inputs and reads the decimated statistics sample."""
+CUDA_FALLBACK = "CUDA was requested but is not usable here; running the models on the CPU"
 
 
 @dataclass
@@ -334,10 +335,14 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
                         sar_band=params.sar_band, opt_bands=params.opt_bands, min_size=search)
         return src, scene_stretch(src, params, tiling.stats_max_pixels)
 
+    notes: list[str] = []
     if deep_needed and models is None:
         from .runtime.deep import DeepModels
 
         models = timed("Loading models", DeepModels, params.model_size, params.device)
+    if deep_needed and params.device == "cuda" and getattr(models, "provider", "cuda") != "cuda":
+        # The runtime also warns (Python warning); the result, summary.json and the dock say it too.
+        notes.append(CUDA_FALLBACK)
     pair, stats = timed("Reading rasters", read_stats)
     stretch = stats.stretch
     run = TileRun(tiles=tiles_for(pair, params, tiling))
@@ -355,10 +360,7 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
                                   params.goodness_threshold, params.effective_search_size() // 2, params.n_target)
     points = timed("Finding candidates", find_candidates_tiled, pair, stretch, params, run, on_tile, acc)
     if len(points) == 0:
-        raise TooFewPointsError(
-            "No candidate location has a complete search window on valid pixels in both rasters; "
-            "choose a larger area of interest or a smaller search window."
-        )
+        raise TooFewPointsError(_no_candidates_message(stats.valid_fraction, search))
 
     def on_match(done: int, total: int) -> None:
         rep.update("Matching", done / max(total, 1), f"Matching {done}/{total}")
@@ -385,13 +387,37 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
     except TooFewPointsError as exc:
         n_ok = sum(p.status == "inlier" for p in tieset.points)
         raise TooFewPointsError(f"{exc} ({len(points)} candidates, {n_ok} reliable matches). "
-                                "Try a larger area, more candidates (--n-target), or the 'shift' transform.") from exc
+                                + _too_few_advice(params, pair.warnings + notes)) from exc
     timings["Tile reads"] = round(run.read_s, 3)  # reading + preprocessing tiles, part of the stages above
     stats_out = compute_stats(tieset, len(points), pair.grid)
     stats_out.n_tiles = n_tiles
     rep.done("Matching finished")
     res = MatchResult(tieset=tieset, transform=transform, stats=stats_out, params=params, pair=pair,
-                      stretch=stretch, timings=timings, warnings=list(pair.warnings))
+                      stretch=stretch, timings=timings, warnings=list(pair.warnings) + notes)
     if models is not None:
         res.models = {"size": models.size, "provider": models.provider, "versions": models.versions}
     return res
+
+
+def _too_few_advice(params: MatchParams, notes: list[str]) -> str:
+    """What to try when too few tie points survive, for this run's transform, plus the run's warnings
+    (an extreme resolution ratio, for instance, is often the reason)."""
+    more = "Try a larger area, more candidates (--n-target)"
+    if params.transform == "shift":
+        advice = f"{more}, a larger search window (--max-offset) or a larger --ransac-threshold."
+    else:
+        simpler = "'shift'" if params.transform in ("affine", "poly1") else "'affine' or 'shift'"
+        advice = f"{more}, or a simpler transform ({simpler})."
+    return advice + "".join(f" Note: {n}" for n in notes)
+
+
+def _no_candidates_message(valid_fraction: float, search: int) -> str:
+    """Why no candidate exists: too little valid area, or invalid pixels scattered through it."""
+    head = (f"No candidate location has a complete search window ({search} px) on valid pixels in both "
+            "rasters: ")
+    if valid_fraction >= 0.5:
+        return head + (f"{valid_fraction:.1%} of the area is valid, but invalid pixels (nodata, NaN or Inf) are "
+                       f"spread through it so that no {search} px window is free of them; fill them (e.g. "
+                       "gdal_fillnodata.py) or choose an area without them.")
+    return head + (f"only {valid_fraction:.1%} of the area holds valid pixels in both rasters; choose a larger "
+                   "area of interest where both have data, or a smaller search window.")

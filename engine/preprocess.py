@@ -116,6 +116,10 @@ def detect_sar_scale(arr: np.ndarray, dtype=None, texture: Optional[np.ndarray] 
     if v.size == 0:
         raise InputError("the SAR image has no valid (finite) pixels")
     v = _sample(v.astype(np.float64, copy=False))
+    if v.min() == v.max():  # say "constant" (and why a zero image happens), not "cannot infer its scale"
+        hint = (" An all-zero SAR is usually an empty or failed product, or zero should be declared as "
+                "nodata." if v[0] == 0 else "")
+        raise InputError(f"the SAR image is constant (value {v[0]:g}); nothing to match.{hint}")
     if np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.bool_):
         pos = v[v > 0]
         if pos.size and v.min() >= 0 and _skew_ratio(pos) >= 1.6:

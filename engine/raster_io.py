@@ -191,7 +191,12 @@ def common_grid(
             f"optical extent {_fmt(opt_b)} in {crs.to_string()})."
         )
     if aoi is not None:
-        src_crs = CRS.from_user_input(aoi_crs) if aoi_crs is not None else sar.crs
+        aoi = _check_aoi(aoi)
+        try:
+            src_crs = CRS.from_user_input(aoi_crs) if aoi_crs is not None else sar.crs
+        except rasterio.errors.CRSError as exc:
+            raise InputError(f"The AOI CRS '{aoi_crs}' is not a coordinate reference system GDAL knows "
+                             "(use e.g. 'EPSG:4326' or a WKT string).") from exc
         aoi_b = transform_bounds(src_crs, crs, *aoi, densify_pts=21)
         area2 = _intersect(area, aoi_b)
         if area2 is None:
@@ -221,6 +226,17 @@ def common_grid(
             "search window."
         )
     return Grid(crs=crs, transform=transform, width=w, height=h)
+
+
+def _check_aoi(aoi) -> Bounds:
+    try:
+        vals = tuple(float(v) for v in aoi)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 4 or not all(math.isfinite(v) for v in vals) or vals[0] >= vals[2] or vals[1] >= vals[3]:
+        raise InputError(f"The area of interest {tuple(aoi) if vals else aoi!r} is not 'xmin, ymin, xmax, ymax' "
+                         "with finite values, xmin < xmax and ymin < ymax.")
+    return vals  # type: ignore[return-value]
 
 
 def _res_in(info: RasterInfo, crs: CRS) -> float:
@@ -348,6 +364,9 @@ def open_pair(
             "detect it first (intensity or amplitude, e.g. SNAP 'Calibrate' + 'Multilook' or "
             "gdal_translate with the 'abs' pixel function)."
         )
+    if opt.is_complex:
+        raise InputError(f"The optical raster '{opt_path}' holds complex values, which are not supported; "
+                         "convert it to real-valued bands first.")
     if not 1 <= sar_band <= sar.count:
         raise InputError(f"SAR band {sar_band} does not exist (the SAR raster has {sar.count} band(s)).")
     if opt_bands is None:

@@ -1,7 +1,8 @@
 """Writes a run's outputs as one all-or-nothing set.
 
-Every file goes through a temporary name and is renamed into place; if anything fails or the run is
-cancelled, the files this call already placed are removed too, so the output folder never holds a
+Every file is first written under a temporary name next to its final one; only when all of them
+exist are they renamed into place. If anything fails or the run is cancelled, the temporaries are
+removed and the folder is as it was: the previous run's complete outputs (if any) are kept, never a
 mix of old and new results or a half-written file. Inputs are never overwritten.
 """
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from . import preprocess
 from .errors import OutputError
-from .outputs.atomic import atomic_path, check_output_path
+from .outputs.atomic import _remove_with_sidecars, check_output_path, temp_sibling
 from .outputs.checkerboard import write_checkerboard_png
 from .outputs.gpkg import write_tiepoints_gpkg
 from .outputs.points_file import write_points
@@ -58,59 +60,72 @@ def write_results(result: MatchResult, out_dir: str, corrected: bool = True, che
                   cancel: Optional[CancelToken] = None) -> OutputPaths:
     cancel = cancel or CancelToken()
     progress = progress or (lambda f, s: None)
-    os.makedirs(out_dir, exist_ok=True)
+    ensure_writable_dir(out_dir)  # OutputError, not a raw OSError, for a folder that cannot be made
     paths = output_paths(result, out_dir, corrected, checkerboard)
     inputs = [result.pair.sar_info.path, result.pair.opt_info.path]
     for p in asdict(paths).values():
         if p:
             check_output_path(p, inputs)
-    placed: list[str] = []
+    staged: list[tuple[str, str]] = []  # (temporary, final): nothing replaces a final file before all exist
+
+    def stage(final: str) -> str:
+        tmp = str(temp_sibling(final))
+        staged.append((tmp, final))
+        return tmp
+
     try:
         progress(0.0, "Writing tie points")
-        write_points(paths.points, result.tieset, source_georeferenced=True)
-        placed.append(paths.points)
-        write_tiepoints_gpkg(paths.gpkg, result.tieset)
-        placed.append(paths.gpkg)
+        write_points(stage(paths.points), result.tieset, source_georeferenced=True)
+        write_tiepoints_gpkg(stage(paths.gpkg), result.tieset)
         cancel.check()
         sar_thumb = None
         if paths.checker_before:
             # Read at checkerboard size from the files: the run keeps no full-scene image.
             thumb = _thumbnail_grid(result)
             sar_thumb = _sar_unit_on(result, thumb)
-            write_checkerboard_png(paths.checker_before, sar_thumb,
+            write_checkerboard_png(stage(paths.checker_before), sar_thumb,
                                    _optical_unit_on(result.pair.opt_info, list(result.pair.opt_bands), thumb,
                                                     result.stretch))
-            placed.append(paths.checker_before)
         if paths.corrected:
             progress(0.2, "Warping the optical raster")
-            _write_corrected(result, paths.corrected,
+            corrected_tmp = stage(paths.corrected)
+            _write_corrected(result, corrected_tmp,
                              lambda f, *_: progress(0.2 + 0.7 * f, "Warping the optical raster"), cancel)
-            placed.append(paths.corrected)
             if paths.checker_after:
                 thumb = _thumbnail_grid(result)
                 if sar_thumb is None:
                     sar_thumb = _sar_unit_on(result, thumb)
-                info = open_raster(paths.corrected, "corrected optical")
+                info = open_raster(corrected_tmp, "corrected optical")
                 after = _optical_unit_on(info, list(range(1, min(info.count, 3) + 1)), thumb, None)
-                write_checkerboard_png(paths.checker_after, sar_thumb, after)
-                placed.append(paths.checker_after)
+                write_checkerboard_png(stage(paths.checker_after), sar_thumb, after)
         summary = result.summary()
         summary["outputs"] = {k: v for k, v in asdict(paths).items() if v}
         if extra_summary:
             summary.update(extra_summary)
-        with atomic_path(paths.summary) as tmp:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(summary, fh, indent=2, default=_json_default)
-        placed.append(paths.summary)
+        with open(stage(paths.summary), "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2, default=_json_default)
+        cancel.check()
+        _commit(staged)
         progress(1.0, "Outputs written")
-    except BaseException:
-        for p in placed:
-            try:
-                os.remove(p)
-            except OSError:
-                pass
+    except BaseException as exc:
+        for tmp, _final in staged:
+            _remove_with_sidecars(Path(tmp))
+        if isinstance(exc, OSError):  # disk full, permission denied...: a problem the user can act on
+            raise OutputError(f"Cannot write the outputs to {out_dir}: {exc.strerror or exc}") from exc
         raise
     return paths
+
+
+def _commit(staged: list[tuple[str, str]]) -> None:
+    """Rename every staged file onto its final name (same folder: atomic renames), with its GDAL
+    side-car; a stale side-car of a replaced file is removed."""
+    for tmp, final in staged:
+        os.replace(tmp, final)
+        tmp_aux, final_aux = tmp + ".aux.xml", final + ".aux.xml"
+        if os.path.exists(tmp_aux):
+            os.replace(tmp_aux, final_aux)
+        elif os.path.exists(final_aux):
+            os.remove(final_aux)
 
 
 def _json_default(o):
@@ -169,6 +184,10 @@ def _optical_unit_on(info, bands: list[int], thumb, stretch) -> np.ndarray:
 
 
 def ensure_writable_dir(out_dir: str) -> None:
+    """Create ``out_dir`` if needed; ``OutputError`` when it is a file or cannot be created/written."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputError(f"The output folder '{out_dir}' is a file, not a folder; choose a folder "
+                          "(an input raster is never overwritten).")
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:

@@ -153,6 +153,8 @@ def _fmt(v: float) -> str:
 
 _X_NAMES = {"mapx": "map_x", "mapy": "map_y", "sourcex": "src_x", "sourcey": "src_y", "pixelx": "src_x",
             "pixely": "src_y", "enable": "enable", "dx": "dx", "dy": "dy", "residual": "residual"}
+_COLUMN_NAMES = {"map_x": "mapX", "map_y": "mapY", "src_x": "sourceX", "src_y": "sourceY"}
+"""How the columns are named in the file (and so in error messages)."""
 _DEFAULT_COLS = {"map_x": 0, "map_y": 1, "src_x": 2, "src_y": 3, "enable": 4, "dx": 5, "dy": 6, "residual": 7}
 
 
@@ -210,7 +212,7 @@ def read_points(path: PathLike) -> PointsFile:
         for key in ("map_x", "map_y", "src_x", "src_y"):
             v = _to_float(fields[cols[key]])
             if v is None or not math.isfinite(v):
-                raise InputError(f"{p.name}: malformed line {lineno}: {key.replace('_', '')} value "
+                raise InputError(f"{p.name}: malformed line {lineno}: {_COLUMN_NAMES[key]} value "
                                  f"{fields[cols[key]][:40]!r} is not a finite number")
             coords.append(v)
         en = True
