@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +312,55 @@ def test_read_points_fuzz_only_input_errors(tmp_path, content):
     except InputError:
         return
     assert pf.map_xy.shape == pf.source_xy.shape == (len(pf), 2)
+    assert np.isfinite(pf.map_xy).all() and np.isfinite(pf.source_xy).all()
+
+
+finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(finite, finite, finite, finite, st.booleans(),
+                               st.floats(0, 1e6, allow_nan=False)), max_size=25),
+       crlf=st.booleans(), with_crs=st.booleans())
+def test_points_round_trip_property(tmp_path, rows, crlf, with_crs):
+    """Any finite points survive write_points -> read_points exactly (also with Windows line endings
+    and without a CRS line)."""
+    pts = [TiePoint(id=i + 1, opt_col=0.0, opt_row=0.0, opt_x=ox, opt_y=oy, sar_col=0.0, sar_row=0.0, sar_x=sx,
+                    sar_y=sy, status="inlier" if on else "flagged", residual_px=res)
+           for i, (sx, sy, ox, oy, on, res) in enumerate(rows)]
+    p = tmp_path / "prop.points"
+    assert write_points(p, TieSet(points=pts, crs_wkt=utm33() if with_crs else "", pixel_size=PIX)) == len(rows)
+    if crlf:
+        p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n"))
+    pf = read_points(p)
+    assert len(pf) == len(rows)
+    assert pf.map_xy.tolist() == [[r[0], r[1]] for r in rows]          # repr() round-trips doubles exactly
+    assert pf.source_xy.tolist() == [[r[2], r[3]] for r in rows]
+    assert pf.enabled.tolist() == [r[4] for r in rows]
+    assert pf.residual.tolist() == [r[5] for r in rows]
+    assert (pf.crs_wkt == " ".join(utm33().split())) if with_crs else pf.crs_wkt is None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.lists(st.text(max_size=40) | st.sampled_from(["1,2,3", "a,b,c,d", "1,2,3,4,x", "#CRS:", ",,,,",
+                                                                 "nan,1,2,3", "1e999,0,0,0", "\t\t\t"]),
+                        min_size=1, max_size=4),
+       where=st.lists(st.integers(0, 5), min_size=4, max_size=4))
+def test_read_points_garbage_lines_never_crash(tmp_path, garbage, where):
+    """Garbage lines inserted anywhere in a valid file: either they are ignored (blank, comments) or read
+    as data, or the read fails with the engine's InputError naming the line; never anything else."""
+    lines = ["#CRS: " + " ".join(utm33().split()), "mapX,mapY,sourceX,sourceY,enable,dX,dY,residual",
+             "400100.5,4999800.25,401.5,-203.25,1,0,0,0.5", "400200,4999700,402,-204,0,0,0,1.5"]
+    for g, w in zip(garbage, where):
+        lines.insert(min(w, len(lines)), g)
+    p = tmp_path / "garbage.points"
+    p.write_bytes("\n".join(lines).encode("utf-8", errors="surrogatepass"))
+    try:
+        pf = read_points(p)
+    except InputError as exc:
+        assert type(exc) is InputError and re.search(r"garbage\.points: malformed line \d+", str(exc)), exc
+        return
+    assert len(pf) >= 2
     assert np.isfinite(pf.map_xy).all() and np.isfinite(pf.source_xy).all()
 
 
