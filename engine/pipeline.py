@@ -396,6 +396,7 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
                       stretch=stretch, timings=timings, warnings=list(pair.warnings) + notes)
     if models is not None:
         res.models = {"size": models.size, "provider": models.provider, "versions": models.versions}
+        res.warnings += [w for w in getattr(models, "warnings", []) if w not in res.warnings]
     return res
 
 

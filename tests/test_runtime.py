@@ -189,3 +189,42 @@ def test_registry_without_models_dir(tmp_path):
     with pytest.raises(ModelError, match="not installed"):
         DeepModels(models_dir=tmp_path)
     assert registry.NETWORKS[0] == "corrasl_sar"
+
+
+def test_out_of_memory_retries_with_smaller_batches():
+    """A session that fails above 3 samples per call: the batch halves until it fits, results unchanged."""
+    from engine.runtime.deep import DeepModels, is_out_of_memory
+
+    calls = []
+
+    class FakeSession:
+        def run(self, x):
+            calls.append(len(x))
+            if len(x) > 3:
+                raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory")
+            return x * 2
+
+    m = DeepModels.__new__(DeepModels)
+    m.sessions = {"orn": FakeSession()}
+    m.max_batch, m.warnings, m.provider = {}, [], "cuda"
+    x = np.arange(20, dtype=np.float32).reshape(20, 1)
+    np.testing.assert_array_equal(m._run("orn", x, batch=16), x * 2)
+    assert calls[:3] == [16, 8, 4] and set(calls[3:]) <= {2}
+    assert m.max_batch["orn"] == 2 and "batch reduced to 2" in m.warnings[-1]
+    assert is_out_of_memory(MemoryError()) and not is_out_of_memory(RuntimeError("shape mismatch"))
+
+    class AlwaysOOM:
+        def run(self, x):
+            raise RuntimeError("Failed to allocate memory for requested buffer")
+
+    m.sessions = {"orn": AlwaysOOM()}
+    with pytest.raises(ModelError, match="not enough memory.*one sample"):
+        m._run("orn", x, batch=4)
+
+    class Broken:
+        def run(self, x):
+            raise RuntimeError("invalid input shape")
+
+    m.sessions = {"orn": Broken()}
+    with pytest.raises(RuntimeError, match="invalid input shape"):
+        m._run("orn", x)

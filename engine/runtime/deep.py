@@ -24,6 +24,15 @@ EXPECTED = {"search_px": 256, "template_px": 128, "heatmap": 65, "cell_px": 2.0,
 BATCH = 16
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for onnxruntime's allocation failures (CUDA or CPU arena) and MemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    msg = str(exc).lower()
+    return any(k in msg for k in ("out of memory", "failed to allocate", "cudaerrormemoryallocation",
+                                  "bad_alloc", "cudnn_status_alloc_failed"))
+
+
 class DeepModels:
     """Loaded, verified sessions of one size variant."""
 
@@ -47,6 +56,8 @@ class DeepModels:
         self.centre = float(pre.get("input_centre", 0.5))
         self.scale = float(pre.get("input_scale", 4.0))
         self.versions = {n: s.metadata.get("version", "?") for n, s in self.sessions.items()}
+        self.max_batch: dict[str, int] = {}
+        self.warnings: list[str] = []
         corr = self.sessions["corrasl_sar"].metadata.get("offset_correction_px", [0.0, 0.0])
         self.offset_correction = (float(corr[0]), float(corr[1]))
         """(drow, dcol) px subtracted from every CorrASL offset: its bias measured on validation pairs."""
@@ -68,8 +79,29 @@ class DeepModels:
         return ((np.asarray(unit, np.float32) - self.centre) * self.scale).astype(np.float32)
 
     def _run(self, name: str, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
+        """Run ``name`` over ``x`` in batches; on an out-of-memory error retry with half the batch.
+
+        Why: a GPU's free memory is not known in advance (other programs share it); halving until it
+        fits (down to one sample) is cheaper than a failed run. Other errors propagate unchanged."""
         sess = self.sessions[name]
-        return np.concatenate([sess.run(x[i:i + batch]) for i in range(0, len(x), batch)])
+        out = []
+        i = 0
+        batch = max(1, min(batch, self.max_batch.get(name, batch)))
+        while i < len(x):
+            try:
+                out.append(sess.run(x[i:i + batch]))
+            except Exception as exc:  # onnxruntime raises its own RuntimeException types
+                if not is_out_of_memory(exc) or batch == 1:
+                    if is_out_of_memory(exc):
+                        raise ModelError(f"not enough memory to run {name} even one sample at a time on "
+                                         f"{self.provider.upper()}; use --device cpu or a smaller tile") from None
+                    raise
+                batch = max(1, batch // 2)
+                self.max_batch[name] = batch
+                self.warnings.append(f"{name}: out of memory on {self.provider.upper()}, batch reduced to {batch}")
+                continue
+            i += batch
+        return np.concatenate(out)
 
     def sar_features(self, search_unit: np.ndarray) -> np.ndarray:
         """(N,H,W) unit SAR -> (N,C,(H-7)//2,(W-7)//2) L2-normalised features."""
