@@ -26,9 +26,9 @@ COMMANDS = {
     "corrasl": "python -m models.training corrasl --size {size} --steps 1400 --minutes 52",
     "calibrate": "python -m models.training calibrate --size {size} --val-pairs 512",
     "labels": "python -m models.training labels --size {size} --n 3000",
-    "goodness_sar": "python -m models.training head goodness_sar --size {size} --steps 600",
-    "goodness_opt": "python -m models.training head goodness_opt --size {size} --steps 600",
-    "orn": "python -m models.training head orn --size {size} --steps 800",
+    "goodness_sar": "python -m models.training head goodness_sar --size {size} --steps 600 --minutes 7",
+    "goodness_opt": "python -m models.training head goodness_opt --size {size} --steps 600 --minutes 7",
+    "orn": "python -m models.training head orn --size {size} --steps 800 --minutes 4",
     "export": "python -m models.training export --size {size}",
     "bench": "python -m bench --full --only patches,real --methods ncc,mi,structural,corrasl,corrasl_orn,"
              "goodness_corrasl,deep_full --no-install",
