@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine match|demo|simulate``.
+"""Command line: ``python -m engine match|demo|simulate|batch``.
 
 Errors the user can act on (``MatcherError``) print one clear line and exit with status 2; Ctrl-C
 cancels through the same token the QGIS task uses, so partial outputs are cleaned up the same way.
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kind", default="mixed", choices=("rural", "suburban", "urban", "mixed"))
     s.add_argument("--shift", default="23.4,-17.8", help="misregistration dx,dy in pixels")
     s.add_argument("--rotation", type=float, default=0.0, help="misregistration rotation (degrees)")
+    from .batch.command import add_arguments as add_batch_arguments
+
+    add_batch_arguments(sub.add_parser("batch", help="match every pair of a manifest (CSV/YAML) on Dask"))
     return ap
 
 
@@ -205,4 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_demo(a)
     if a.command == "simulate":
         return run_simulate(a)
+    if a.command == "batch":
+        from .batch.command import run as run_batch
+
+        return run_batch(a)
     return 1

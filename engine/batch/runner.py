@@ -1,0 +1,254 @@
+"""Runs a batch on Dask: a local cluster by default, or an existing scheduler given its address.
+
+The client submits, per pair, ``tasks.prepare``; a large pair's plan is expanded into its tile
+tasks when it comes back (``tasks`` explains the graph). Futures get ``retries`` so a task whose
+worker died (killed, out of memory, lost machine) runs again elsewhere; a user-fixable problem
+fails only its own pair. Pairs whose outputs are complete (``summary.json`` and every output it
+lists) are skipped, so an interrupted batch resumes where it stopped. The summary table is
+rewritten as pairs complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from ..errors import CancelledError, InputError
+from ..progress import CancelToken, ProgressCallback
+from . import tasks
+from .manifest import PairJob, load_manifest
+from .summary import write_summary
+
+DEFAULT_TILE_PIXELS = 32 * 1024 * 1024
+"""Pairs whose matching grid has more pixels than this (about 5800² px) are split into tile tasks."""
+RETRIES = 3
+
+
+@dataclass
+class BatchReport:
+    outcomes: list[tasks.PairOutcome]
+    csv: str
+    gpkg: Optional[str]
+    seconds: float
+    workers: int
+    dashboard: Optional[str] = None
+    cancelled: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+
+def completed_summary(job: PairJob) -> Optional[dict]:
+    """The pair's summary.json when its outputs are complete (all listed outputs exist), else None."""
+    path = os.path.join(job.out_dir, "summary.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            s = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    outs = s.get("outputs") or {}
+    if not outs or not all(os.path.exists(p if os.path.isabs(p) else os.path.join(job.out_dir, os.path.basename(p)))
+                           for p in outs.values()):
+        return None
+    return s
+
+
+def make_client(scheduler: Optional[str] = None, workers: Optional[int] = None, processes: bool = True,
+                threads_per_worker: int = 1, dashboard: bool = True):
+    """A ``distributed.Client``: connected to ``scheduler`` (an address, e.g. tcp://host:8786), or to
+    a new ``LocalCluster`` of ``workers`` single-threaded worker processes (default: the CPU count)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - a dependency of the batch mode only
+        raise InputError("Batch matching needs Dask: pip install 'dask[distributed]'.") from None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"Cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    n = int(workers or os.cpu_count() or 1)
+    if n < 1:
+        raise InputError(f"The number of workers must be at least 1, got {n}.")
+    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
+                           dashboard_address=":0" if dashboard else None)
+    return Client(cluster)
+
+
+def _dashboard(client) -> str:
+    import importlib.util
+
+    try:
+        link = client.dashboard_link
+    except Exception:  # no dashboard (e.g. a cluster started without one)
+        link = None
+    if not link:
+        return "not available"
+    if importlib.util.find_spec("bokeh") is None and getattr(client, "cluster", None) is not None:
+        return f"{link} (the page needs bokeh>=3.1 installed)"
+    return link
+
+
+def _n_workers(client) -> int:
+    try:
+        return len(client.scheduler_info()["workers"])
+    except Exception:  # pragma: no cover
+        return 0
+
+
+def run_batch(jobs: list[PairJob] | str, out_dir: str, *, client=None, scheduler: Optional[str] = None,
+              workers: Optional[int] = None, processes: bool = True, tile_pixels: int = DEFAULT_TILE_PIXELS,
+              retries: int = RETRIES, force: bool = False, progress: Optional[ProgressCallback] = None,
+              cancel: Optional[CancelToken] = None, log: Callable[[str], None] = lambda s: None,
+              tiling=None) -> BatchReport:
+    """Match every pair of ``jobs`` (or of the manifest at that path) into ``out_dir/<name>/``.
+
+    ``client``: an existing ``distributed.Client`` (kept open); otherwise one is made from
+    ``scheduler``/``workers`` and closed at the end. ``tile_pixels``: grid size above which a pair is
+    split into tile tasks. ``force``: re-run pairs already done. Returns the outcomes of all pairs;
+    the summary table is in ``out_dir/batch_summary.csv`` (and ``.gpkg``)."""
+    from distributed import wait
+
+    from ..write_results import ensure_writable_dir
+
+    t_start = time.perf_counter()
+    ensure_writable_dir(out_dir)
+    if isinstance(jobs, str):
+        jobs = load_manifest(jobs, out_dir)
+    jobs = [dataclasses.replace(j, out_dir=os.path.join(out_dir, j.name)) for j in jobs]
+    cancel = cancel or CancelToken()
+    progress = progress or (lambda f, s: None)
+    own = client is None
+    client = client or make_client(scheduler, workers, processes)
+    outcomes: dict[str, tasks.PairOutcome] = {}
+    order = [j.name for j in jobs]
+    csv_path = os.path.join(out_dir, "batch_summary.csv")
+    dashboard, n_workers = None, 0
+    try:
+        dashboard = _dashboard(client)
+        n_workers = _n_workers(client)
+        log(f"Dask: {n_workers} worker(s), scheduler {client.scheduler.address}; dashboard {dashboard}")
+        pending: dict = {}  # future -> (job, stage)
+        started: dict[str, float] = {}
+        share: dict[str, tuple[int, int]] = {}  # pair -> (tasks done, tasks) for the progress bar
+
+        def submit(fn, *args, job: PairJob, stage: str, key: str):
+            fut = client.submit(fn, *args, key=f"{key}-{job.name}-{_uid()}", retries=retries, pure=False)
+            pending[fut] = (job, stage)
+            return fut
+
+        for j in jobs:
+            done = None if force else completed_summary(j)
+            if done is not None:
+                outcomes[j.name] = tasks.PairOutcome(j.name, "skipped", summary=done, tasks=0,
+                                                     tiles=int(done.get("tiles") or 1))
+                continue
+            started[j.name] = time.perf_counter()
+            share[j.name] = (0, 1)
+            submit(tasks.prepare, j, int(tile_pixels), tiling, job=j, stage="prepare", key="prepare")
+        n_skip = len(outcomes)
+        if n_skip:
+            log(f"{n_skip} pair(s) already done (skipped); {len(jobs) - n_skip} to run")
+
+        def report() -> None:
+            n_done = sum(o.status == "done" for o in outcomes.values())
+            n_fail = sum(o.status == "failed" for o in outcomes.values())
+            frac = (len(outcomes) + sum(a / b for a, b in share.values())) / max(len(jobs), 1)
+            progress(min(frac, 1.0), f"pairs {len(outcomes)}/{len(jobs)}: {n_done} done, {n_fail} failed, "
+                                     f"{n_skip} skipped")
+
+        report()
+        while pending:
+            if cancel.cancelled:
+                client.cancel(list(pending))
+                for job, _stage in pending.values():
+                    if job.name not in outcomes:
+                        outcomes[job.name] = tasks.PairOutcome(job.name, "cancelled", error="cancelled")
+                pending.clear()
+                break
+            try:
+                wait(list(pending), timeout=0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue
+            for fut in [f for f in pending if f.done()]:
+                job, stage = pending.pop(fut)
+                name = job.name
+                a, b = share.get(name, (0, 1))
+                share[name] = (a + 1, b)
+                if fut.status == "cancelled":
+                    continue
+                if fut.status == "error":
+                    if stage in ("prepare", "finish") and name not in outcomes:
+                        exc = fut.exception()
+                        outcomes[name] = tasks.PairOutcome(name, "failed", error=f"{type(exc).__name__}: {exc}")
+                        share.pop(name, None)
+                        _after(outcomes[name], started, jobs, order, outcomes, csv_path, log)
+                    continue
+                if stage == "prepare":
+                    res = fut.result()
+                    if isinstance(res, tasks.TilePlan):
+                        _expand(res, submit, share)
+                        continue
+                    outcomes[name] = res
+                elif stage == "finish":
+                    outcomes[name] = fut.result()
+                else:
+                    continue
+                share.pop(name, None)
+                _after(outcomes[name], started, jobs, order, outcomes, csv_path, log)
+            report()
+    finally:
+        if own:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    out = [outcomes.get(n) or tasks.PairOutcome(n, "cancelled", error="cancelled") for n in order]
+    csv_path, gpkg = write_summary(out, jobs, out_dir, final=True)
+    rep = BatchReport(outcomes=out, csv=csv_path, gpkg=gpkg, seconds=time.perf_counter() - t_start,
+                      workers=n_workers, dashboard=dashboard, cancelled=cancel.cancelled)
+    if cancel.cancelled:
+        raise BatchCancelled(rep)
+    return rep
+
+
+class BatchCancelled(CancelledError):
+    """The batch was cancelled; ``report`` holds what completed (the summary table is written)."""
+
+    def __init__(self, report: BatchReport) -> None:
+        super().__init__("Batch cancelled; completed pairs are kept and a re-run resumes the rest.")
+        self.report = report
+
+
+def _uid() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:8]
+
+
+def _expand(plan: tasks.TilePlan, submit, share) -> None:
+    """Submit a large pair's tile tasks (pass 1, selection, pass 2, finish)."""
+    job, n = plan.job, len(plan.tiles)
+    p1 = [submit(tasks.candidate_tile, plan, i, job=job, stage="pass1", key=f"candidates-t{i}") for i in range(n)]
+    sel = submit(tasks.select_candidates, plan, *p1, job=job, stage="select", key="select")
+    p2 = [submit(tasks.match_tile, plan, i, sel, job=job, stage="pass2", key=f"match-t{i}") for i in range(n)]
+    submit(tasks.finish, plan, sel, *p2, job=job, stage="finish", key="finish")
+    a, _b = share[job.name]
+    share[job.name] = (a, 1 + 2 * n + 2)
+
+
+def _after(outcome: tasks.PairOutcome, started, jobs, order, outcomes, csv_path, log) -> None:
+    t0 = started.get(outcome.name)
+    if t0 is not None:
+        outcome.wall_s = time.perf_counter() - t0
+    msg = f"{outcome.name}: {outcome.status}"
+    if outcome.status == "done" and outcome.summary:
+        s = outcome.summary
+        msg += f" ({s.get('inliers')} inliers, RMSE {s.get('rmse_px', float('nan')):.2f} px)"
+    elif outcome.error:
+        msg += f": {outcome.error}"
+    log(msg)
+    write_summary([outcomes[n] for n in order if n in outcomes], jobs, os.path.dirname(csv_path), final=False)
