@@ -1,4 +1,5 @@
-"""Processing algorithms: "Match SAR and optical rasters" and "Warp raster with tie points".
+"""Processing algorithms: "Match SAR and optical rasters", "Warp raster with tie points" and "Batch match
+(manifest)".
 
 Like the dock they only translate parameters: the engine does the work, its progress goes to the
 feedback object and its cancel token polls ``feedback.isCanceled``. Engine errors become
@@ -285,3 +286,81 @@ class WarpAlgorithm(_Base):
             ct = osr.CoordinateTransformation(a, b)
             s = np.array([p[:2] for p in ct.TransformPoints([tuple(map(float, p)) for p in s])], float).reshape(-1, 2)
         return s, d, QgsCoordinateReferenceSystem.fromWkt(dst_wkt).toWkt() or dst_wkt
+
+
+class BatchMatchAlgorithm(_Base):
+    """Thin adapter over ``engine.batch``: a manifest run on a local Dask cluster inside QGIS."""
+
+    MANIFEST, OUTPUT_FOLDER, WORKERS, TILE_MPX, FORCE = "MANIFEST", "OUTPUT_FOLDER", "WORKERS", "TILE_MPX", "FORCE"
+
+    def name(self) -> str:
+        return "batch"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Batch match (manifest)"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return ("Matches every SAR/optical pair listed in a manifest (CSV or YAML: sar, optical, optional name, "
+                "AOI and per-pair options such as method, transform, n_target) on a local Dask cluster. Each "
+                "pair's outputs go to <output folder>/<name>/ exactly as 'Match SAR and optical rasters' writes "
+                "them; batch_summary.csv and batch_summary.gpkg (pair footprints) list every pair's status, tie "
+                "points, inliers, residual RMSE and shift. A failing pair does not stop the batch; pairs already "
+                "done are skipped when the batch is run again. Inside QGIS the workers are threads; for worker "
+                "processes or several machines use 'python -m engine batch' (see the README). " + GROUP_HELP)
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: N802
+        import os
+
+        from ..engine.batch.runner import DEFAULT_TILE_PIXELS
+
+        self.addParameter(QgsProcessingParameterFile(self.MANIFEST, "Manifest (CSV or YAML)",
+                                                     fileFilter="Manifests (*.csv *.yaml *.yml)"))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.WORKERS, "Workers", QgsProcessingParameterNumber.Type.Integer, min(os.cpu_count() or 1, 4),
+            minValue=1))
+        p = QgsProcessingParameterNumber(self.TILE_MPX, "Split pairs larger than (megapixels) into tile tasks",
+                                         QgsProcessingParameterNumber.Type.Double, DEFAULT_TILE_PIXELS / 1e6,
+                                         minValue=0.0)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        self.addParameter(p)
+        self.addParameter(QgsProcessingParameterBoolean(self.FORCE, "Re-run pairs already done", False))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
+        self.addOutput(QgsProcessingOutputFile("SUMMARY", "Batch summary (CSV)"))
+        self.addOutput(QgsProcessingOutputVectorLayer("FOOTPRINTS", "Pair footprints",
+                                                      QgsProcessing.SourceType.TypeVectorPolygon))
+        for key, label in (("N_DONE", "Pairs done"), ("N_FAILED", "Pairs failed"), ("N_SKIPPED", "Pairs skipped")):
+            self.addOutput(QgsProcessingOutputNumber(key, label))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        from ..engine.batch.runner import make_client, run_batch
+
+        manifest = self.parameterAsFile(parameters, self.MANIFEST, context)
+        folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
+        workers = self.parameterAsInt(parameters, self.WORKERS, context)
+        tile_px = int(self.parameterAsDouble(parameters, self.TILE_MPX, context) * 1e6)
+        force = self.parameterAsBool(parameters, self.FORCE, context)
+        try:
+            # Worker threads: a QGIS process cannot spawn Python worker processes (its executable is QGIS).
+            client = make_client(workers=workers, processes=False, dashboard=False)
+        except ImportError as exc:
+            raise QgsProcessingException(f"Batch matching needs Dask: {exc}") from exc
+        except MatcherError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        try:
+            rep = run_batch(manifest, folder, client=client, tile_pixels=tile_px, force=force,
+                            progress=_progress(feedback), cancel=_token(feedback), log=feedback.pushInfo)
+        except MatcherError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        finally:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        for o in rep.outcomes:
+            if o.status == "failed":
+                feedback.reportError(f"{o.name}: {o.error}", fatalError=False)
+        out = {self.OUTPUT_FOLDER: folder, "SUMMARY": rep.csv, "N_DONE": rep.count("done"),
+               "N_FAILED": rep.count("failed"), "N_SKIPPED": rep.count("skipped")}
+        if rep.gpkg:
+            out["FOOTPRINTS"] = f"{rep.gpkg}|layername=pairs"
+        return out

@@ -6,7 +6,7 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithms import MatchAlgorithm, WarpAlgorithm
+from .algorithms import BatchMatchAlgorithm, MatchAlgorithm, WarpAlgorithm
 
 PROVIDER_ID = "sar_optical_matcher"
 
@@ -28,3 +28,4 @@ class MatcherProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:  # noqa: N802 - QGIS API
         self.addAlgorithm(MatchAlgorithm())
         self.addAlgorithm(WarpAlgorithm())
+        self.addAlgorithm(BatchMatchAlgorithm())

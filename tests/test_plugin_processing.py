@@ -53,7 +53,8 @@ def test_algorithms_are_registered(plugin):
     provider = QgsApplication.processingRegistry().providerById("sar_optical_matcher")
     algs = {a.id(): a.displayName() for a in provider.algorithms()}
     assert algs == {"sar_optical_matcher:match": "Match SAR and optical rasters",
-                    "sar_optical_matcher:warp": "Warp raster with tie points"}
+                    "sar_optical_matcher:warp": "Warp raster with tie points",
+                    "sar_optical_matcher:batch": "Batch match (manifest)"}
 
 
 def test_match_algorithm_outputs(matched):
@@ -108,3 +109,27 @@ def test_engine_errors_become_processing_errors(plugin, tmp_path):
             "OUTPUT_FOLDER": str(tmp_path / "none")}, feedback=QgsProcessingFeedback())
     with pytest.raises(QgsProcessingException, match="tie-point layer or a .points file"):
         processing.run("sar_optical_matcher:warp", {"INPUT": sc.optical, "OUTPUT": str(tmp_path / "x.tif")})
+
+
+def test_batch_algorithm_runs_a_manifest_on_a_local_cluster(plugin, tmp_path):
+    """A thin adapter over engine.batch: outputs per pair, a failing pair reported, re-runs skip."""
+    import csv
+
+    import processing
+
+    pytest.importorskip("distributed")
+    sc = scene()
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(f"name,sar,optical,transform,n_target\nok,{sc.sar},{sc.optical},shift,40\n"
+                        f"broken,{tmp_path / 'missing.tif'},{sc.optical},shift,40\n")
+    params = {"MANIFEST": str(manifest), "WORKERS": 1, "OUTPUT_FOLDER": str(tmp_path / "batch")}
+    res = processing.run("sar_optical_matcher:batch", params)
+    assert (res["N_DONE"], res["N_FAILED"], res["N_SKIPPED"]) == (1, 1, 0)
+    rows = list(csv.DictReader(open(res["SUMMARY"], encoding="utf-8")))
+    assert [(r["name"], r["status"]) for r in rows] == [("ok", "done"), ("broken", "failed")]
+    assert "missing.tif" in rows[1]["error"]
+    summary = json.load(open(tmp_path / "batch" / "ok" / "summary.json", encoding="utf-8"))
+    assert summary["inliers"] == int(rows[0]["inliers"]) >= 8
+    assert res["FOOTPRINTS"].endswith("|layername=pairs")
+    again = processing.run("sar_optical_matcher:batch", params)
+    assert (again["N_DONE"], again["N_FAILED"], again["N_SKIPPED"]) == (0, 1, 1)
