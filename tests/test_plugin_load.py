@@ -49,7 +49,7 @@ def test_class_factory_init_gui_unload_repeatedly(qgis_iface):
         assert plugin.action is not None and plugin.action.text() == "SAR-Optical Matcher"
         provider = registry.providerById(PROVIDER)
         assert provider is not None
-        assert {a.name() for a in provider.algorithms()} == {"match", "warp"}
+        assert {a.name() for a in provider.algorithms()} == {"match", "warp", "batch"}
         plugin.action.trigger()           # opens the dock
         assert plugin.dock is not None and not plugin.dock.isHidden()
         assert plugin.dock.windowTitle() == "SAR-Optical Matcher"
