@@ -1,0 +1,217 @@
+"""Batch throughput on Dask: pairs/min and megapixels/s for 1, 2 and 4 local workers, and one large
+pair split into tile tasks against the single-process run. Writes ``docs/BATCH_BENCHMARK.md``.
+
+    .venv/bin/python -m bench.batch_bench [--pairs 6] [--size 1024] [--workers 1,2,4] [--large 4096]
+
+The simulated scenes are cached in ``bench_output/batch/scenes`` (re-used by later runs).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KINDS = ("suburban", "rural", "urban", "mixed")
+
+
+def _simulate(out: str, name: str, size: int, seed: int, kind: str):
+    from engine.simulate import MisregParams, SceneParams, simulate_pair
+
+    sar, opt = os.path.join(out, f"{name}_sar.tif"), os.path.join(out, f"{name}_opt.tif")
+    if os.path.exists(sar) and os.path.exists(opt):
+        return sar, opt
+    p = simulate_pair(out, name, scene=SceneParams(size=size, kind=kind, seed=seed),
+                      misreg=MisregParams(shift=(12.0 - seed % 7 * 3.0, -8.0 + seed % 5 * 3.0), seed=seed))
+    return p.sar, p.optical
+
+
+def _cluster(n: int):
+    from distributed import Client, LocalCluster
+
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster)
+    client.wait_for_workers(n)
+    return client, cluster, time.perf_counter() - t0
+
+
+def _close(client, cluster) -> None:
+    client.close()
+    cluster.close()
+
+
+def run(a: argparse.Namespace) -> dict:
+    from engine.batch.manifest import parse_manifest_rows
+    from engine.batch.runner import run_batch
+
+    work = os.path.join(ROOT, "bench_output", "batch")
+    scenes = os.path.join(work, "scenes")
+    os.makedirs(scenes, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = []
+    for i in range(a.pairs):
+        sar, opt = _simulate(scenes, f"s{a.size}_{i}", a.size, 100 + i, KINDS[i % len(KINDS)])
+        rows.append({"name": f"pair{i}", "sar": sar, "optical": opt, "n_target": a.n_target})
+    print(f"{a.pairs} pairs of {a.size}² px ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+    jobs = parse_manifest_rows(rows)
+    mpx = a.pairs * a.size * a.size / 1e6
+    results: dict = {"throughput": [], "large": None, "args": vars(a)}
+    for w in a.workers:
+        client, cluster, start_s = _cluster(w)
+        try:
+            out = os.path.join(work, f"run_w{w}")
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            rep = run_batch(jobs, out, client=client, force=True)
+            wall = time.perf_counter() - t
+        finally:
+            _close(client, cluster)
+        done = rep.count("done")
+        row = {"workers": w, "wall_s": wall, "start_s": start_s, "done": done, "pairs": a.pairs,
+               "pairs_per_min": done / wall * 60.0, "mpx_per_s": mpx * done / a.pairs / wall}
+        results["throughput"].append(row)
+        print(f"{w} worker(s): {done}/{a.pairs} pairs in {wall:.1f} s (+{start_s:.1f} s cluster start): "
+              f"{row['pairs_per_min']:.2f} pairs/min, {row['mpx_per_s']:.3f} Mpx/s", flush=True)
+    if a.large:
+        results["large"] = _large(a, work, scenes, parse_manifest_rows, run_batch)
+    return results
+
+
+def _large(a, work: str, scenes: str, parse_manifest_rows, run_batch) -> dict:
+    from engine.pipeline import match_pair
+    from engine.write_results import write_results
+
+    t0 = time.perf_counter()
+    sar, opt = _simulate(scenes, f"large{a.large}", a.large, 7, "mixed")
+    print(f"large pair {a.large}² px ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+    (job,) = parse_manifest_rows([{"name": "large", "sar": sar, "optical": opt, "n_target": a.n_target}])
+    single_dir = os.path.join(work, "large_single")
+    shutil.rmtree(single_dir, ignore_errors=True)
+    t = time.perf_counter()
+    res = match_pair(sar, opt, job.params)
+    write_results(res, single_dir)
+    single = time.perf_counter() - t
+    print(f"single process: {single:.1f} s ({res.stats.n_tiles} tiles, {res.stats.n_inliers} inliers)", flush=True)
+    client, cluster, start_s = _cluster(a.large_workers)
+    try:
+        out = os.path.join(work, "large_batch")
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        rep = run_batch([job], out, client=client, tile_pixels=0, force=True)
+        tiled = time.perf_counter() - t
+    finally:
+        _close(client, cluster)
+    (o,) = rep.outcomes
+    name = os.path.basename(opt) + ".points"
+    same = open(os.path.join(single_dir, name), "rb").read() == open(os.path.join(out, "large", name), "rb").read()
+    print(f"tiled on {a.large_workers} workers: {tiled:.1f} s ({o.tiles} tiles, {o.tasks} tasks), "
+          f"speed-up {single / tiled:.2f}x, .points identical: {same}", flush=True)
+    return {"size": a.large, "single_s": single, "tiled_s": tiled, "workers": a.large_workers, "tiles": o.tiles,
+            "tasks": o.tasks, "identical": same, "status": o.status, "inliers": res.stats.n_inliers,
+            "start_s": start_s}
+
+
+def write_doc(results: dict, path: str, seconds: float) -> None:
+    a = results["args"]
+    cpu = "unknown CPU"
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        "# Batch matching benchmark (Dask)",
+        "",
+        f"Generated by `.venv/bin/python -m bench.batch_bench {a['cmdline']}` on "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC in {seconds / 60:.1f} min.",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores ({cpu}), {platform.python_implementation()} "
+        f"{platform.python_version()}. {a['note']}",
+        "",
+        f"## Throughput: {a['pairs']} simulated pairs of {a['size']}² px",
+        "",
+        f"Structural method, affine transform, n_target {a['n_target']}, all outputs (tie points, GeoPackage, corrected "
+        "GeoTIFF, checkerboards, summary.json). Local cluster of single-threaded worker processes; wall time from "
+        "submission to the last pair written (the cluster start is listed separately).",
+        "",
+        "| workers | wall (s) | cluster start (s) | pairs done | pairs/min | Mpx/s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["throughput"]:
+        lines.append(f"| {r['workers']} | {r['wall_s']:.1f} | {r['start_s']:.1f} | {r['done']}/{r['pairs']} | "
+                     f"{r['pairs_per_min']:.2f} | {r['mpx_per_s']:.3f} |")
+    lg = results.get("large")
+    if lg:
+        lines += [
+            "",
+            f"## One large pair ({lg['size']}² px) split into tile tasks",
+            "",
+            f"The pair is split along the engine's tile plan ({lg['tiles']} tiles of 2048 px cores): pass-1 tile tasks "
+            "return their pieces of the scene-wide candidate score map, one task selects the candidates, pass-2 tile "
+            f"tasks match the candidates their cores own, one task fits the geometry and writes ({lg['tasks']} tasks).",
+            "",
+            "| run | wall (s) |",
+            "|---|---:|",
+            f"| single process (`match_pair` + `write_results`, as `python -m engine match`) | {lg['single_s']:.1f} |",
+            f"| batch, tiled, {lg['workers']} workers (cluster start {lg['start_s']:.1f} s not included) | "
+            f"{lg['tiled_s']:.1f} |",
+            "",
+            f"Speed-up {lg['single_s'] / lg['tiled_s']:.2f}×; the `.points` files of both runs are "
+            f"{'byte-identical' if lg['identical'] else 'DIFFERENT'} ({lg['inliers']} inliers).",
+        ]
+    lines += [
+        "",
+        "## Scaling to more machines",
+        "",
+        "The same command runs on any number of machines once they share two things:",
+        "",
+        "1. **Storage**: every worker opens the inputs by the paths in the manifest and writes to `--out`, so both "
+        "must be visible under the same paths on every machine (NFS/SMB/Lustre mount, or inputs on object storage "
+        "through GDAL, e.g. `/vsicurl/https://...` or `/vsis3/bucket/key`, with `--out` on a shared file system). "
+        "No pixels travel through the scheduler: tasks carry paths and tile windows only.",
+        "2. **A scheduler address**: start a scheduler on one machine and workers on the others (same Python "
+        "environment and engine version everywhere, one thread per worker; with the deep method each worker "
+        "process loads the networks once):",
+        "",
+        "```bash",
+        "dask scheduler --port 8786                                   # on the head node",
+        "dask worker tcp://head:8786 --nworkers 8 --nthreads 1        # on each compute node",
+        ".venv/bin/python -m engine batch /shared/manifest.csv --out /shared/results --scheduler tcp://head:8786",
+        "```",
+        "",
+        "Independent pairs scale with the number of worker processes until the storage saturates; a large pair's "
+        "tiles run in parallel (its two reduce steps, the candidate selection and the final fit, are small). "
+        "On this 2-core machine more than 2 workers cannot help: the 4-worker row shows the oversubscription cost.",
+        "",
+    ]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m bench.batch_bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--large", type=int, default=4096, help="side of the large pair (0: skip)")
+    ap.add_argument("--large-workers", type=int, default=2)
+    ap.add_argument("--n-target", type=int, default=150)
+    ap.add_argument("--note", default="", help="a remark for the report (e.g. other load on the machine)")
+    ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "BATCH_BENCHMARK.md"))
+    a = ap.parse_args(argv)
+    a.workers = [int(w) for w in a.workers.split(",")]
+    a.cmdline = " ".join(argv if argv is not None else sys.argv[1:])
+    t0 = time.perf_counter()
+    results = run(a)
+    write_doc(results, a.doc, time.perf_counter() - t0)
+    print(f"wrote {a.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
