@@ -177,8 +177,9 @@ def write_doc(results: dict, path: str, seconds: float) -> None:
         "process loads the networks once):",
         "",
         "```bash",
-        "dask scheduler --port 8786                                   # on the head node",
-        "dask worker tcp://head:8786 --nworkers 8 --nthreads 1        # on each compute node",
+        ".venv/bin/dask scheduler --port 8786                         # on the head node",
+        "cd /opt/sar-optical-matcher && PYTHONPATH=$PWD .venv/bin/dask worker tcp://head:8786 \\\n"
+        "    --nworkers 8 --nthreads 1                                # on each compute node (engine importable)",
         ".venv/bin/python -m engine batch /shared/manifest.csv --out /shared/results --scheduler tcp://head:8786",
         "```",
         "",

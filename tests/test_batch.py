@@ -171,7 +171,8 @@ def test_batch_equals_cli_isolates_failures_and_resumes(scenes, client, tmp_path
     # not rewritten; the broken pair fails alone.
     before = {n: _mtimes(out / n) for n in ("a", "b")}
     rows = [_row("a", a), _row("b", b), _row("c", c), dict(_row("bad", c), sar=str(tmp_path / "missing.tif"))]
-    second = run_batch(_write_csv(tmp_path / "m2.csv", rows), str(out), client=client)
+    # (This run connects to the running scheduler by its address, as --scheduler does.)
+    second = run_batch(_write_csv(tmp_path / "m2.csv", rows), str(out), scheduler=client.scheduler.address)
     assert [(o.name, o.status) for o in second.outcomes] == [("a", "skipped"), ("b", "skipped"), ("c", "done"),
                                                              ("bad", "failed")]
     assert {n: _mtimes(out / n) for n in ("a", "b")} == before
@@ -186,6 +187,12 @@ def test_batch_equals_cli_isolates_failures_and_resumes(scenes, client, tmp_path
         summary_c["rmse_px"], abs=1e-4)
     assert float(table[2]["shift_col_px"]) == pytest.approx(summary_c["shift_px"][0], abs=1e-4)
     assert table[3]["error"] and float(table[2]["wall_s"]) > 0
+    # The command line: everything done is skipped, the broken pair fails again (exit status 1).
+    assert cli.main(["batch", str(tmp_path / "m2.csv"), "--out", str(out), "--scheduler", client.scheduler.address,
+                     "--quiet"]) == 1
+    assert {n: _mtimes(out / n) for n in ("a", "b")} == before
+    assert [r["status"] for r in csv.DictReader(open(second.csv, encoding="utf-8"))] == [
+        "skipped", "skipped", "skipped", "failed"]
     ds = ogr.Open(second.gpkg)
     lyr = ds.GetLayerByName("pairs")
     feats = {}
@@ -252,3 +259,45 @@ def test_a_killed_worker_does_not_stop_the_batch(scenes, client, tmp_path):
         assert os.path.exists(tmp_path / "out" / n / "summary.json")
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
     assert pids[victim] not in set(client.run(os.getpid).values())
+
+
+class _FakeGoodness:
+    """Stand-in goodness networks: a cell's goodness is the contrast of its 128 px field (depends only
+    on the pixels in the field, like the networks), so tiled and untiled maps agree."""
+
+    size, provider, versions, warnings = "lite", "cpu", {"goodness": "fake"}, []
+
+    def goodness_map(self, unit, modality):
+        u = np.asarray(unit, np.float64)
+        n_r, n_c = u.shape[0] // 32 - 3, u.shape[1] // 32 - 3
+        ii = np.zeros((u.shape[0] + 1, u.shape[1] + 1))
+        ii[1:, 1:] = np.abs(np.diff(u, axis=1, prepend=u[:, :1])).cumsum(0).cumsum(1)
+        r0, c0 = 32 * np.arange(n_r), 32 * np.arange(n_c)
+        s = ii[np.ix_(r0 + 128, c0 + 128)] - ii[np.ix_(r0, c0 + 128)] - ii[np.ix_(r0 + 128, c0)] + ii[np.ix_(r0, c0)]
+        return np.clip(s / 128 ** 2 * (8.0 if modality == "sar" else 12.0), 0, 1).astype(np.float32)
+
+
+def test_tiled_split_with_goodness_candidates(scenes, tmp_path, monkeypatch):
+    """The split's pass-1 pieces of the goodness map (deep candidates) stitch into the one-process map:
+    same candidates, goodness and tie points as match_pair over the same tiles (tasks run in-process)."""
+    from engine.pipeline import match_pair
+    from engine.write_results import write_results
+
+    fake = _FakeGoodness()
+    monkeypatch.setattr(tasks, "get_models", lambda size, device: fake)
+    a = scenes[0]
+    tiled = TilingOptions(core=256, block=256)  # 2 x 2 tiles on the 512 px grid
+    (job,) = parse_manifest_rows([{"name": "g", "sar": a.sar, "optical": a.optical, "candidates": "goodness",
+                                   "goodness_threshold": 0.05, **OPTS}], out_root=str(tmp_path / "out"))
+    plan = tasks.prepare(job, 0, tiled)
+    assert isinstance(plan, tasks.TilePlan) and len(plan.tiles) == 4
+    sel = tasks.select_candidates(plan, *[tasks.candidate_tile(plan, i) for i in range(4)])
+    outcome = tasks.finish(plan, sel, *[tasks.match_tile(plan, i, sel) for i in range(4)])
+    assert outcome.status == "done", outcome.error
+    ref = match_pair(a.sar, a.optical, job.params, tiling=tiled, models=fake)
+    write_results(ref, str(tmp_path / "ref"))
+    pts = os.path.basename(a.optical) + ".points"
+    assert (tmp_path / "out" / "g" / pts).read_bytes() == (tmp_path / "ref" / pts).read_bytes()
+    assert len(sel["points"]) == ref.stats.n_candidates >= 5
+    np.testing.assert_array_equal(sel["scores"], [p.goodness for p in ref.tieset.points])
+    assert outcome.summary["models"] == {"size": "lite", "provider": "cpu", "versions": {"goodness": "fake"}}
