@@ -301,3 +301,25 @@ def test_tiled_split_with_goodness_candidates(scenes, tmp_path, monkeypatch):
     assert len(sel["points"]) == ref.stats.n_candidates >= 5
     np.testing.assert_array_equal(sel["scores"], [p.goodness for p in ref.tieset.points])
     assert outcome.summary["models"] == {"size": "lite", "provider": "cpu", "versions": {"goodness": "fake"}}
+
+
+def test_a_pair_is_done_only_with_the_same_inputs_parameters_and_outputs(tmp_path):
+    from engine.batch.runner import completed_summary
+
+    (job,) = parse_manifest_rows([{"name": "p", "sar": "/d/s.tif", "optical": "/d/o.tif", "transform": "shift",
+                                   "corrected": "no", "checkerboard": "no"}], out_root=str(tmp_path))
+    folder = tmp_path / "p"
+    folder.mkdir()
+    outs = {"points": "/elsewhere/o.tif.points", "gpkg": "tie_points.gpkg", "summary": "summary.json"}
+    for name in ("o.tif.points", "tie_points.gpkg"):
+        (folder / name).write_text("x")
+    doc = {"sar": job.sar, "optical": job.optical, "params": job.params.to_dict(), "outputs": outs}
+    (folder / "summary.json").write_text(json.dumps(doc))
+    assert completed_summary(job) == json.loads(json.dumps(doc))  # outputs are looked up in the pair's folder
+    import dataclasses
+
+    assert completed_summary(dataclasses.replace(job, params=MatchParams(transform="affine"))) is None
+    assert completed_summary(dataclasses.replace(job, optical="/d/other.tif")) is None
+    assert completed_summary(dataclasses.replace(job, corrected=True)) is None
+    (folder / "tie_points.gpkg").unlink()
+    assert completed_summary(job) is None

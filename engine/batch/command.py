@@ -24,7 +24,8 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                    help="split pairs whose matching grid exceeds this many megapixels into tile tasks "
                         "(default %(default).1f)")
     b.add_argument("--retries", type=int, default=RETRIES,
-                   help="times a task is retried after a crash or a lost worker (default %(default)s)")
+                   help="times a task is retried after an unexpected error, and (local cluster) rescheduled after "
+                        "its worker died (default %(default)s)")
     b.add_argument("--force", action="store_true", help="re-run pairs whose outputs are already complete")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -43,7 +43,8 @@ class BatchReport:
 
 
 def completed_summary(job: PairJob) -> Optional[dict]:
-    """The pair's summary.json when its outputs are complete (all listed outputs exist), else None."""
+    """The pair's summary.json when the pair is done: every output it lists exists in the pair's
+    folder and it was made from the same inputs, parameters and output switches; else None."""
     path = os.path.join(job.out_dir, "summary.json")
     try:
         with open(path, encoding="utf-8") as fh:
@@ -51,16 +52,20 @@ def completed_summary(job: PairJob) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     outs = s.get("outputs") or {}
-    if not outs or not all(os.path.exists(p if os.path.isabs(p) else os.path.join(job.out_dir, os.path.basename(p)))
+    if not outs or not all(os.path.exists(os.path.join(job.out_dir, os.path.basename(str(p))))
                            for p in outs.values()):
         return None
-    return s
+    same_params = s.get("params") == json.loads(json.dumps(job.params.to_dict()))
+    same_inputs = (s.get("sar"), s.get("optical")) == (job.sar, job.optical)
+    same_outputs = ("corrected" in outs) == job.corrected and ("checker_before" in outs) == job.checkerboard
+    return s if (same_params and same_inputs and same_outputs) else None
 
 
 def make_client(scheduler: Optional[str] = None, workers: Optional[int] = None, processes: bool = True,
-                threads_per_worker: int = 1, dashboard: bool = True):
+                threads_per_worker: int = 1, dashboard: bool = True, retries: int = RETRIES):
     """A ``distributed.Client``: connected to ``scheduler`` (an address, e.g. tcp://host:8786), or to
-    a new ``LocalCluster`` of ``workers`` single-threaded worker processes (default: the CPU count)."""
+    a new ``LocalCluster`` of ``workers`` single-threaded worker processes (default: the CPU count),
+    whose scheduler reschedules a task up to ``retries`` times after its worker died."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - a dependency of the batch mode only
@@ -73,8 +78,11 @@ def make_client(scheduler: Optional[str] = None, workers: Optional[int] = None, 
     n = int(workers or os.cpu_count() or 1)
     if n < 1:
         raise InputError(f"The number of workers must be at least 1, got {n}.")
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
-                           dashboard_address=":0" if dashboard else None)
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": max(int(retries), 0)}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
+                               dashboard_address=":0" if dashboard else None)
     return Client(cluster)
 
 
@@ -122,7 +130,7 @@ def run_batch(jobs: list[PairJob] | str, out_dir: str, *, client=None, scheduler
     cancel = cancel or CancelToken()
     progress = progress or (lambda f, s: None)
     own = client is None
-    client = client or make_client(scheduler, workers, processes)
+    client = client or make_client(scheduler, workers, processes, retries=retries)
     outcomes: dict[str, tasks.PairOutcome] = {}
     order = [j.name for j in jobs]
     csv_path = os.path.join(out_dir, "batch_summary.csv")
