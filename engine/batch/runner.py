@@ -215,6 +215,11 @@ def run_batch(jobs: list[PairJob] | str, out_dir: str, *, client=None, scheduler
             if cluster is not None:
                 cluster.close()
     out = [outcomes.get(n) or tasks.PairOutcome(n, "cancelled", error="cancelled") for n in order]
+    for i, (o, j) in enumerate(zip(out, jobs)):
+        if o.status == "cancelled":  # a task that was already writing when the batch was cancelled may have finished
+            done = completed_summary(j)
+            if done is not None:
+                out[i] = tasks.PairOutcome(j.name, "done", summary=done, tiles=int(done.get("tiles") or 1))
     csv_path, gpkg = write_summary(out, jobs, out_dir, final=True)
     rep = BatchReport(outcomes=out, csv=csv_path, gpkg=gpkg, seconds=time.perf_counter() - t_start,
                       workers=n_workers, dashboard=dashboard, cancelled=cancel.cancelled)
