@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shlex
 import shutil
 import time
 
@@ -30,12 +31,16 @@ def _simulate(out: str, name: str, size: int, seed: int, kind: str):
 
 
 def _cluster(n: int):
-    from distributed import Client, LocalCluster
+    from engine.batch.runner import make_client
 
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = Client(cluster)
+    client = make_client(workers=n, dashboard=False)  # the local cluster `python -m engine batch` starts
+    cluster = client.cluster
     client.wait_for_workers(n)
+    import importlib
+
+    for mod in ("engine.pipeline", "engine.write_results", "engine.batch.tasks", "engine.matchers.structural"):
+        client.run(importlib.import_module, mod)  # imports are part of the start, as in the parent process
     return client, cluster, time.perf_counter() - t0
 
 
@@ -60,6 +65,20 @@ def run(a: argparse.Namespace) -> dict:
     jobs = parse_manifest_rows(rows)
     mpx = a.pairs * a.size * a.size / 1e6
     results: dict = {"throughput": [], "large": None, "args": vars(a)}
+    if a.baseline:
+        from engine.pipeline import match_pair
+        from engine.write_results import write_results
+
+        out = os.path.join(work, "run_sequential")
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        for j in jobs:
+            write_results(match_pair(j.sar, j.optical, j.params), os.path.join(out, j.name))
+        wall = time.perf_counter() - t
+        results["throughput"].append({"workers": "none (one process, no Dask)", "wall_s": wall, "start_s": 0.0,
+                                      "done": a.pairs, "pairs": a.pairs, "pairs_per_min": a.pairs / wall * 60.0,
+                                      "mpx_per_s": mpx / wall})
+        print(f"sequential, no Dask: {a.pairs} pairs in {wall:.1f} s", flush=True)
     for w in a.workers:
         client, cluster, start_s = _cluster(w)
         try:
@@ -135,7 +154,8 @@ def write_doc(results: dict, path: str, seconds: float) -> None:
         "",
         f"Structural method, affine transform, n_target {a['n_target']}, all outputs (tie points, GeoPackage, corrected "
         "GeoTIFF, checkerboards, summary.json). Local cluster of single-threaded worker processes; wall time from "
-        "submission to the last pair written (the cluster start is listed separately).",
+        "submission to the last pair written (the cluster start, with the engine's imports in every worker, is listed "
+        "separately). The first row runs the same pairs one after the other in one process without Dask.",
         "",
         "| workers | wall (s) | cluster start (s) | pairs done | pairs/min | Mpx/s |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -173,13 +193,16 @@ def write_doc(results: dict, path: str, seconds: float) -> None:
         "through GDAL, e.g. `/vsicurl/https://...` or `/vsis3/bucket/key`, with `--out` on a shared file system). "
         "No pixels travel through the scheduler: tasks carry paths and tile windows only.",
         "2. **A scheduler address**: start a scheduler on one machine and workers on the others (same Python "
-        "environment and engine version everywhere, one thread per worker; with the deep method each worker "
-        "process loads the networks once):",
+        "environment and engine version everywhere, the repository importable by the scheduler and the workers, one "
+        "thread per worker; with the deep method each worker "
+        "process loads the networks once; `DASK_CONFIG=engine/batch` applies `engine/batch/dask.yaml`, which keeps "
+        "Dask's `MALLOC_TRIM_THRESHOLD_` default from halving the matcher's speed):",
         "",
         "```bash",
-        ".venv/bin/dask scheduler --port 8786                         # on the head node",
-        "cd /opt/sar-optical-matcher && PYTHONPATH=$PWD .venv/bin/dask worker tcp://head:8786 \\\n"
-        "    --nworkers 8 --nthreads 1                                # on each compute node (engine importable)",
+        "cd /opt/sar-optical-matcher                    # the repository, on every machine",
+        "PYTHONPATH=$PWD .venv/bin/dask scheduler --port 8786                        # on the head node",
+        "PYTHONPATH=$PWD DASK_CONFIG=$PWD/engine/batch \\",
+        "    .venv/bin/dask worker tcp://head:8786 --nworkers 8 --nthreads 1         # on each compute node",
         ".venv/bin/python -m engine batch /shared/manifest.csv --out /shared/results --scheduler tcp://head:8786",
         "```",
         "",
@@ -202,11 +225,17 @@ def main(argv=None) -> int:
     ap.add_argument("--large", type=int, default=4096, help="side of the large pair (0: skip)")
     ap.add_argument("--large-workers", type=int, default=2)
     ap.add_argument("--n-target", type=int, default=150)
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="skip the sequential run without Dask")
     ap.add_argument("--note", default="", help="a remark for the report (e.g. other load on the machine)")
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "BATCH_BENCHMARK.md"))
     a = ap.parse_args(argv)
     a.workers = [int(w) for w in a.workers.split(",")]
-    a.cmdline = " ".join(argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "--note" in args:  # the note goes into the text, not into the command line shown
+        i = args.index("--note")
+        del args[i:i + 2]
+    a.cmdline = shlex.join(args)
     t0 = time.perf_counter()
     results = run(a)
     write_doc(results, a.doc, time.perf_counter() - t0)
