@@ -53,6 +53,14 @@ def _needs_models(params) -> bool:
     return params.method == "deep" or params.candidate_mode() == "goodness"
 
 
+def _models_info(models) -> Optional[dict]:
+    """What the pair's summary records about the networks a task used (so the final task need not load them)."""
+    if models is None:
+        return None
+    return {"size": models.size, "provider": models.provider, "versions": models.versions,
+            "warnings": list(getattr(models, "warnings", []))}
+
+
 @dataclass
 class Failed:
     """A task's user-facing failure, carried to the pair's outcome."""
@@ -230,7 +238,7 @@ def candidate_tile(plan: TilePlan, index: int):
             rs, cs = _owned(centres, first.shape[0], r0, r1), _owned(centres, first.shape[1], c0, c1)
             piece = {n: np.array(getattr(acc, n)[rs, cs]) for n in names}
         return {"index": index, "rows": rs, "cols": cs, "piece": piece, "read_s": run.read_s,
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "models": _models_info(models)}
     except (MatcherError, MemoryError) as exc:
         return Failed(str(exc) or type(exc).__name__)
 
@@ -260,7 +268,8 @@ def select_candidates(plan: TilePlan, *pieces):
             return Failed(_no_candidates_message(plan.valid_fraction, p.effective_search_size()), "TooFewPointsError")
         sec = sum(pc["seconds"] for pc in pieces) + (time.perf_counter() - t0)
         return {"points": np.asarray(points, int), "scores": scores, "seconds": sec,
-                "read_s": sum(pc["read_s"] for pc in pieces)}
+                "read_s": sum(pc["read_s"] for pc in pieces),
+                "models": next((pc["models"] for pc in pieces if pc.get("models")), None)}
     except (MatcherError, MemoryError) as exc:
         return Failed(str(exc) or type(exc).__name__)
 
@@ -283,12 +292,14 @@ def match_tile(plan: TilePlan, index: int, selection):
         points = selection["points"]
         idx = np.flatnonzero(tile.owns(points))
         if len(idx) == 0:
-            return {"idx": idx, "matches": [], "seconds": 0.0, "read_s": 0.0}
+            return {"idx": idx, "matches": [], "seconds": 0.0, "read_s": 0.0, "models": None}
         p = plan.job.params
+        models = None
         if p.method == "deep":
             from ..deep.matcher import deep_tile_matcher
 
-            matcher = deep_tile_matcher(get_models(p.model_size, p.device))
+            models = get_models(p.model_size, p.device)
+            matcher = deep_tile_matcher(models)
         else:
             matcher = classical_tile_matcher(plan.block)
         run = TileRun(tiles=[tile])
@@ -298,7 +309,7 @@ def match_tile(plan: TilePlan, index: int, selection):
         if len(ms) != len(idx):
             raise ValueError(f"the tile matcher returned {len(ms)} matches for {len(idx)} points")
         return {"idx": idx, "matches": [compact(m) for m in ms], "seconds": time.perf_counter() - t0,
-                "read_s": run.read_s}
+                "read_s": run.read_s, "models": _models_info(models)}
     except (MatcherError, MemoryError) as exc:
         return Failed(str(exc) or type(exc).__name__)
 
@@ -355,12 +366,18 @@ def finish(plan: TilePlan, selection, *matched) -> PairOutcome:
         notes = list(plan.notes)
         result = MatchResult(tieset=tieset, transform=transform, stats=stats, params=p, pair=src,
                              stretch=plan.stretch, timings=timings, warnings=notes)
-        if _needs_models(p):
-            models = get_models(p.model_size, p.device)
-            if p.device == "cuda" and getattr(models, "provider", "cuda") != "cuda":
+        infos = [selection.get("models")] + [m.get("models") for m in matched]
+        info = next((i for i in infos if i), None)
+        if _needs_models(p) and info is None:  # no task needed the networks (cannot happen with candidates)
+            info = _models_info(get_models(p.model_size, p.device))
+        if info is not None:
+            if p.device == "cuda" and info["provider"] != "cuda":
                 result.warnings.append(CUDA_FALLBACK)
-            result.models = {"size": models.size, "provider": models.provider, "versions": models.versions}
-            result.warnings += [w for w in getattr(models, "warnings", []) if w not in result.warnings]
+            result.models = {k: info[k] for k in ("size", "provider", "versions")}
+            for i in infos:
+                for w in (i or {}).get("warnings", []):
+                    if w not in result.warnings:
+                        result.warnings.append(w)
         ensure_writable_dir(job.out_dir)
         summary = write_pair(result, job)
         return PairOutcome(job.name, "done", summary=summary, seconds=task_s + time.perf_counter() - t0,
