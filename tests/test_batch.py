@@ -109,6 +109,7 @@ def test_manifest_csv_and_yaml(tmp_path):
     ("sar,optical,xmin,ymin\na.tif,b.tif,1,2\n", "needs all four"),
     ("sar,optical,aoi\na.tif,b.tif,\"3,2,1,0\"\n", "xmin<xmax"),
     ("name,sar,optical\n../up,a.tif,b.tif\n", "cannot be a folder name"),
+    ("name,sar,optical\nbatch_summary.csv,a.tif,b.tif\n", "reserved for the batch summary"),
     ("name,sar,optical\na,,b.tif\n", "'sar' path is empty"),
     ("name,sar,optical\n", "lists no pairs"),
 ])

@@ -162,6 +162,8 @@ def _job(values: dict, row: int, base: str, out_root: str) -> PairJob:
         raise InputError(f"{where}: 'aoi_crs' is given without an AOI.")
     sar, opt = _resolve_path(vals["sar"], base), _resolve_path(vals["optical"], base)
     name = str(vals.get("name") or os.path.splitext(os.path.basename(opt.rstrip("/")))[0]).strip()
+    if name.lower().startswith("batch_summary"):
+        raise InputError(f"{where}: the name '{name}' is reserved for the batch summary files; choose another.")
     if not _NAME_OK.match(name) or name in (".", ".."):
         raise InputError(f"{where}: the name '{name}' cannot be a folder name; use letters, digits, '.', '_' "
                          "and '-' (starting with a letter or digit).")
