@@ -47,8 +47,9 @@ class MatchParams:
     """Deep method: matches whose ORN reliability is below this are flagged (not deleted)."""
     goodness_fusion: str = "min"
     """Deep method: fuse the SAR and optical goodness maps with 'min' (precision) or 'max' (recall)."""
-    goodness_threshold: float = 0.3
-    """Deep method: goodness peaks below this fused value are not candidates."""
+    goodness_threshold: float = 0.0
+    """Deep method: goodness peaks below this fused value are not candidates. 0 keeps every soft-NMS
+    peak and lets the goodness rank them (the shipped lite networks rate few places above 0.3)."""
     model_size: Optional[str] = None
     """'full', 'lite' or None (the largest installed)."""
     device: str = "auto"

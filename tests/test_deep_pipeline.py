@@ -118,21 +118,34 @@ def test_goodness_map_has_no_seams(scene):
 
 
 @needs_models
-def test_deep_scene_run_recovers_the_shift(scene, tmp_path):
+def test_deep_scene_run_stage_outputs(scene):
+    """The stage outputs of a deep run on a simulated scene: spread goodness candidates carrying their
+    fused goodness, an ORN reliability per match, ORN flags exactly where the reliability is below the
+    threshold, and the models recorded. (Accuracy is measured by the benchmark, not here.)"""
     from engine.pipeline import match_pair
 
     seen = []
-    res = match_pair(scene.sar, scene.optical, MatchParams(method="deep", transform="shift", n_target=80),
-                     progress=lambda f, s: seen.append(s))
+    p = MatchParams(method="deep", transform="shift", n_target=80, orn_threshold=0.3)
+    res = match_pair(scene.sar, scene.optical, p, progress=lambda f, s: seen.append(s))
     assert "Loading models" in seen and any(s.startswith("Matching") for s in seen)
     pts = res.tieset.points
-    assert len(pts) >= 10
-    assert all(np.isfinite(p.orn_prob) and 0 <= p.orn_prob <= 1 for p in pts)
-    assert all(np.isfinite(p.goodness) for p in pts)
-    assert any(p.flag_reason.startswith("ORN") for p in pts) or all(p.orn_prob >= 0.5 for p in pts)
+    assert res.stats.n_candidates == len(pts) >= 30
+    g = np.array([q.goodness for q in pts])
+    o = np.array([q.orn_prob for q in pts])
+    assert np.all(np.isfinite(g)) and np.all((g >= p.goodness_threshold) & (g <= 1))
+    assert np.all((o >= 0) & (o <= 1))
+    for q in pts:
+        if q.orn_prob < p.orn_threshold:
+            assert q.status == "flagged"
+            assert q.flag_reason.startswith("ORN") or q.flag_reason == "peak at search window edge"
+        elif q.flag_reason.startswith("ORN"):
+            pytest.fail(f"point {q.id} flagged by the ORN with reliability {q.orn_prob:.2f}")
+    # candidates spread: every quadrant of the 1024 px scene holds some
+    cols = np.array([q.sar_col for q in pts])
+    rows = np.array([q.sar_row for q in pts])
+    quads = {(int(r >= 512), int(c >= 512)) for r, c in zip(rows, cols)}
+    assert len(quads) == 4
     assert res.models["size"] in ("lite", "full") and res.models["provider"] in ("cpu", "cuda")
-    assert res.stats.shift_px[0] == pytest.approx(12.0, abs=3.0)
-    assert res.stats.shift_px[1] == pytest.approx(-7.0, abs=3.0)
     assert res.summary()["models"]["versions"]["orn"]
 
 

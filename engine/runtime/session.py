@@ -36,6 +36,10 @@ def _threads() -> int:
     return max(1, min(os.cpu_count() or 1, int(os.environ.get("SOM_THREADS", "0")) or (os.cpu_count() or 1)))
 
 
+_CUDA_FAILED = False
+"""Set once a CUDA session failed to start in this process: later sessions go straight to the CPU."""
+
+
 def make_session(path: Path, provider: str = "auto", threads: Optional[int] = None) -> Session:
     """Load ``path`` on ``provider`` ('auto': CUDA if it really works, else CPU)."""
     try:
@@ -45,7 +49,10 @@ def make_session(path: Path, provider: str = "auto", threads: Optional[int] = No
     if provider not in PROVIDERS:
         raise ModelError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
     want = []
-    if provider in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+    global _CUDA_FAILED
+    try_cuda = (provider in ("auto", "cuda") and not _CUDA_FAILED
+                and "CUDAExecutionProvider" in ort.get_available_providers())
+    if try_cuda:
         want.append("CUDAExecutionProvider")
     want.append("CPUExecutionProvider")
     so = ort.SessionOptions()
@@ -55,11 +62,20 @@ def make_session(path: Path, provider: str = "auto", threads: Optional[int] = No
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sess = ort.InferenceSession(str(path), sess_options=so, providers=want)
+            if try_cuda:  # onnxruntime-gpu prints a page of errors where CUDA libraries are missing
+                so.log_severity_level = 4
+                ort.set_default_logger_severity(4)
+            try:
+                sess = ort.InferenceSession(str(path), sess_options=so, providers=want)
+            finally:
+                if try_cuda:
+                    ort.set_default_logger_severity(3)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise ModelError(f"model file {Path(path).name} could not be loaded ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200]}); it is corrupt or not an ONNX model") from None
     used = sess.get_providers()[0]
+    if try_cuda and used != "CUDAExecutionProvider":
+        _CUDA_FAILED = True
     actual = "cuda" if used == "CUDAExecutionProvider" else "cpu"
     if provider == "cuda" and actual != "cuda":
         warnings.warn("CUDA was requested but is not usable here; running the models on the CPU", RuntimeWarning,
