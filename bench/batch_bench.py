@@ -34,7 +34,7 @@ def _cluster(n: int):
     from engine.batch.runner import make_client
 
     t0 = time.perf_counter()
-    client = make_client(workers=n, dashboard=False)  # the local cluster `python -m engine batch` starts
+    client = make_client(workers=n)  # the local cluster `python -m engine batch` starts
     cluster = client.cluster
     client.wait_for_workers(n)
     import importlib

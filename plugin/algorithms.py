@@ -341,7 +341,7 @@ class BatchMatchAlgorithm(_Base):
         force = self.parameterAsBool(parameters, self.FORCE, context)
         try:
             # Worker threads: a QGIS process cannot spawn Python worker processes (its executable is QGIS).
-            client = make_client(workers=workers, processes=False, dashboard=False)
+            client = make_client(workers=workers, processes=False)
         except ImportError as exc:
             raise QgsProcessingException(f"Batch matching needs Dask: {exc}") from exc
         except MatcherError as exc:

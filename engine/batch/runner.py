@@ -62,7 +62,7 @@ def completed_summary(job: PairJob) -> Optional[dict]:
 
 
 def make_client(scheduler: Optional[str] = None, workers: Optional[int] = None, processes: bool = True,
-                threads_per_worker: int = 1, dashboard: bool = True, retries: int = RETRIES):
+                threads_per_worker: int = 1, retries: int = RETRIES):
     """A ``distributed.Client``: connected to ``scheduler`` (an address, e.g. tcp://host:8786), or to
     a new ``LocalCluster`` of ``workers`` single-threaded worker processes (default: the CPU count),
     whose scheduler reschedules a task up to ``retries`` times after its worker died."""
@@ -90,8 +90,9 @@ def make_client(scheduler: Optional[str] = None, workers: Optional[int] = None, 
     # the matcher (measured: 1.5 s -> 0.75 s per 512 px pair). Keep glibc's adaptive default.
     env["distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"] = None
     with dask.config.set({"distributed.scheduler.allowed-failures": max(int(retries), 0), **env}):
+        # A free port, so several batches (or a QGIS session and a terminal) never fight over 8787.
         cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
-                               dashboard_address=":0" if dashboard else None)
+                               dashboard_address=":0")
     return Client(cluster)
 
 
