@@ -30,8 +30,7 @@ COMMANDS = {
     "goodness_opt": "python -m models.training head goodness_opt --size {size} --steps 600 --minutes 7",
     "orn": "python -m models.training head orn --size {size} --steps 800 --minutes 4",
     "export": "python -m models.training export --size {size}",
-    "bench": "python -m bench --full --only patches,real --methods ncc,mi,structural,corrasl,corrasl_orn,"
-             "goodness_corrasl,deep_full --no-install",
+    "bench": "python -m bench --full --only patches,real --no-install",
     "card": "python -m models.training card --size {size}",
 }
 
@@ -43,8 +42,15 @@ def _ckpt_extra(run: str, size: str) -> dict:
     if not p.exists():
         return {}
     st = torch.load(p, map_location="cpu", weights_only=False)
-    return {"step": st["step"], **{k: v for k, v in st.get("extra", {}).items() if k != "args"},
-            "args": {k: v for k, v in st.get("extra", {}).get("args", {}).items() if k != "func"}}
+    out = {"step": st["step"], **{k: v for k, v in st.get("extra", {}).items() if k != "args"},
+           "args": {k: v for k, v in st.get("extra", {}).get("args", {}).items() if k != "func"}}
+    if not any(k.startswith("val_") for k in out):  # a run stopped by its time budget: last logged validation
+        log = p.with_name("log.jsonl")
+        if log.exists():
+            vals = [json.loads(line) for line in log.read_text().splitlines() if '"val_' in line]
+            if vals:
+                out.update({k: v for k, v in vals[-1].items() if k.startswith("val_")}, val_step=vals[-1]["step"])
+    return out
 
 
 def _bench_metrics(bench: dict) -> dict:
@@ -172,11 +178,25 @@ def render(size: str, records: list, extras: dict, bm: dict, bench: dict) -> str
               f"{100 * cal['val_acc1_before']:.1f} % → {100 * cal['val_acc1_after']:.1f} %, so the correction is "
               f"{'applied (ONNX metadata `offset_correction_px`, subtracted by the engine)' if cal['applied'] else 'not applied'}."]
     lab = extras["goodness_sar"]
+    lab_path = RUNS.parent / "cache" / f"labels_{size}.npz"
+    counts = ""
+    if lab_path.exists():
+        import numpy as np
+
+        z = np.load(lab_path)
+        y, v = z["label"], z["val"]
+        counts = (f" Result: {int(np.sum(y == 1))} positive, {int(np.sum(y == 0))} negative, {int(np.sum(y == -1))} "
+                  f"ambiguous pairs ({int(np.sum(v))} of them from validation patches); CorrASL matched "
+                  f"{100 * float(np.mean(z['error'] <= 1)):.1f} % of them within 1 px, so the balanced goodness/ORN "
+                  "training sets are small (a few hundred pairs): the main reason these two networks are weak.")
     L += ["", f"Goodness/ORN labels: `{COMMANDS['labels'].format(size=size)}` (CorrASL run over 3,000 training-pool "
           f"pairs). Positive: loss ≤ t_pos and error ≤ {POS_ERR} px; negative: loss ≥ t_neg or error ≥ {NEG_ERR} px; "
           f"the rest dropped, classes balanced. Re-derived thresholds for our loss scale (75th percentile of the "
           f"loss of ≤1 px matches / 25th percentile of ≥2.5 px matches): t_pos = {_f(lab.get('t_pos'), 4)}, "
-          f"t_neg = {_f(lab.get('t_neg'), 4)}.", "",
+          f"t_neg = {_f(lab.get('t_neg'), 4)}"
+          + (" (the two percentiles crossed, so both are their midpoint: for this CorrASL the loss barely separates "
+             "good from bad matches and the labels rest on the error thresholds)" if lab.get("t_pos") == lab.get("t_neg")
+             else "") + "." + counts, "",
           f"Then: `{COMMANDS['export'].format(size=size)}`, `{COMMANDS['bench']}`, "
           f"`{COMMANDS['card'].format(size=size)}`.", ""]
     L += ["## Held-out accuracy (benchmark suite)", "",
