@@ -276,10 +276,21 @@ def memory_text(mem: list[dict]) -> str:
             "needed for a 32768² pair.")
 
 
+def batch_section(md_dir: Path) -> str:
+    """The Dask batch benchmark (``python -m bench.batch_bench`` writes BATCH_BENCHMARK.md beside this
+    report), folded in as one section so every number lives in BENCHMARKS.md; '' when not run yet."""
+    p = md_dir / "BATCH_BENCHMARK.md"
+    if not p.exists():
+        return ""
+    lines = p.read_text(encoding="utf-8").splitlines()
+    body = [("#" + ln if ln.startswith("## ") else ln) for ln in lines[1:]]  # drop its title, nest its sections
+    return "\n## Batch matching on Dask (`python -m bench.batch_bench`)\n" + "\n".join(body).rstrip() + "\n"
+
+
 def write(res: dict, json_path: Path, md_path: Path) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(_no_nan(res), indent=1, default=_json_default, allow_nan=False))
-    md_path.write_text(render(res))
+    md_path.write_text(render(res) + batch_section(md_path.parent))
 
 
 def _no_nan(o: Any) -> Any:
