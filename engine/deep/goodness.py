@@ -69,17 +69,22 @@ def spread_select(cells: np.ndarray, score: np.ndarray, shape_px: tuple[int, int
     return final[:n_target]
 
 
-def valid_fraction_cells(valid: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
-    """Fraction of valid pixels in each goodness cell's 128 px field, (n_rows, n_cols)."""
+def _window_sums(valid: np.ndarray, r0: np.ndarray, r1: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+    """Valid-pixel counts of the windows [r0, r1) x [c0, c1) (outer product of the row and column
+    ranges, clipped to the image) from one integral image."""
     v = np.asarray(valid, np.float64)
     ii = np.zeros((v.shape[0] + 1, v.shape[1] + 1))
     ii[1:, 1:] = v.cumsum(0).cumsum(1)
-    r0 = np.clip(STRIDE * np.arange(n_rows), 0, v.shape[0])
-    c0 = np.clip(STRIDE * np.arange(n_cols), 0, v.shape[1])
-    r1 = np.clip(r0 + FIELD, 0, v.shape[0])
-    c1 = np.clip(c0 + FIELD, 0, v.shape[1])
-    s = ii[np.ix_(r1, c1)] - ii[np.ix_(r0, c1)] - ii[np.ix_(r1, c0)] + ii[np.ix_(r0, c0)]
-    return s / float(FIELD * FIELD)
+    r0, r1 = np.clip(r0, 0, v.shape[0]), np.clip(r1, 0, v.shape[0])
+    c0, c1 = np.clip(c0, 0, v.shape[1]), np.clip(c1, 0, v.shape[1])
+    return ii[np.ix_(r1, c1)] - ii[np.ix_(r0, c1)] - ii[np.ix_(r1, c0)] + ii[np.ix_(r0, c0)]
+
+
+def valid_fraction_cells(valid: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    """Fraction of valid pixels in each goodness cell's 128 px field, (n_rows, n_cols)."""
+    r0 = STRIDE * np.arange(n_rows)
+    c0 = STRIDE * np.arange(n_cols)
+    return _window_sums(valid, r0, r0 + FIELD, c0, c0 + FIELD) / float(FIELD * FIELD)
 
 
 class GoodnessAccumulator:
@@ -156,12 +161,5 @@ class GoodnessAccumulator:
 
 def _windows_valid(valid: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int, min_frac: float) -> np.ndarray:
     """(len(rows), len(cols)) bool: the (2 half)^2 window around each position is >= min_frac valid."""
-    v = np.asarray(valid, np.float64)
-    ii = np.zeros((v.shape[0] + 1, v.shape[1] + 1))
-    ii[1:, 1:] = v.cumsum(0).cumsum(1)
-    r0 = np.clip(rows - half, 0, v.shape[0])
-    r1 = np.clip(rows + half, 0, v.shape[0])
-    c0 = np.clip(cols - half, 0, v.shape[1])
-    c1 = np.clip(cols + half, 0, v.shape[1])
-    s = ii[np.ix_(r1, c1)] - ii[np.ix_(r0, c1)] - ii[np.ix_(r1, c0)] + ii[np.ix_(r0, c0)]
-    return s >= min_frac * (2 * half) ** 2
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    return _window_sums(valid, rows - half, rows + half, cols - half, cols + half) >= min_frac * (2 * half) ** 2

@@ -37,16 +37,27 @@ def heatmap_offsets(raw: np.ndarray) -> np.ndarray:
     return out
 
 
+def pool_from_args(args: argparse.Namespace) -> PatchPool:
+    """The cached training pool the stage's arguments name (rendered on first use)."""
+    return build_pool(args.pool_first_seed, args.pool_size, CACHE / f"pool_{args.pool_first_seed}_{args.pool_size}.npz",
+                      workers=args.threads)
+
+
+def unaugmented_batches(model: CorrASL, pool: PatchPool, indices: np.ndarray, n: int, rng: np.random.Generator):
+    """(batch, raw heatmaps) over ``n`` un-augmented pairs from ``indices``, 16 at a time (no grad)."""
+    for start in range(0, n, 16):
+        m = min(16, n - start)
+        b = sample_corr(pool, rng, m, augment=False, indices=rng.choice(indices, m))
+        with torch.no_grad():
+            yield b, model(torch.from_numpy(b.search), torch.from_numpy(b.template))
+
+
 @torch.no_grad()
 def evaluate(model: CorrASL, pool: PatchPool, indices: np.ndarray, n: int, seed: int = 7) -> dict:
     """Accuracy on fixed, un-augmented validation pairs (patches never trained on)."""
     model.eval()
-    rng = np.random.default_rng(seed)
     errs, losses = [], []
-    for start in range(0, n, 16):
-        m = min(16, n - start)
-        b = sample_corr(pool, rng, m, augment=False, indices=rng.choice(indices, m))
-        raw = model(torch.from_numpy(b.search), torch.from_numpy(b.template))
+    for b, raw in unaugmented_batches(model, pool, indices, n, np.random.default_rng(seed)):
         losses.append(float(matching_loss_per_pair(raw, torch.from_numpy(b.cell).float()).sum()))
         errs.append(l2(heatmap_offsets(raw.numpy()), b.offset))
     e = np.concatenate(errs)
@@ -59,8 +70,7 @@ def train(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run = Path(args.run or RUNS / f"corrasl_{args.size}")
-    pool = build_pool(args.pool_first_seed, args.pool_size, CACHE / f"pool_{args.pool_first_seed}_{args.pool_size}.npz",
-                      workers=args.threads)
+    pool = pool_from_args(args)
     tr_idx, va_idx = split_pool(len(pool))
     model = CorrASL(args.size)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -139,18 +149,14 @@ def calibrate(args: argparse.Namespace) -> Path:
     """
     torch.set_num_threads(args.threads)
     run = Path(args.run or RUNS / f"corrasl_{args.size}")
-    pool = build_pool(args.pool_first_seed, args.pool_size, CACHE / f"pool_{args.pool_first_seed}_{args.pool_size}.npz",
-                      workers=args.threads)
+    pool = pool_from_args(args)
     _tr, va_idx = split_pool(len(pool))
     model = CorrASL(args.size)
     checkpoint.load(run / "checkpoint.pt", model, None, None)
     model.eval()
-    rng = np.random.default_rng(args.seed + 99)
     pred, truth = [], []
-    for _ in range(0, args.val_pairs, 16):
-        b = sample_corr(pool, rng, 16, augment=False, indices=rng.choice(va_idx, 16))
-        raw = model(torch.from_numpy(b.search), torch.from_numpy(b.template)).numpy()
-        pred.append(heatmap_offsets(raw))
+    for b, raw in unaugmented_batches(model, pool, va_idx, args.val_pairs, np.random.default_rng(args.seed + 99)):
+        pred.append(heatmap_offsets(raw.numpy()))
         truth.append(b.offset)
     p, t = np.concatenate(pred), np.concatenate(truth)
     # split in two halves: estimate on one, check the gain on the other (no estimate-and-score on the same pairs)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .corrasl import CACHE, RUNS, heatmap_offsets
-from .data import build_pool, l2, sample_corr, split_pool
+from .corrasl import CACHE, RUNS, heatmap_offsets, pool_from_args
+from .data import l2, sample_corr, split_pool
 from .nets import SEARCH_PX, TEMPLATE_PX, CorrASL, matching_loss_per_pair
 
 POS_ERR = 1.0
@@ -65,8 +65,7 @@ def assign(loss: np.ndarray, error: np.ndarray, t_pos: float, t_neg: float) -> n
 def make_labels(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     out = Path(args.out or CACHE / f"labels_{args.size}.npz")
-    pool = build_pool(args.pool_first_seed, args.pool_size, CACHE / f"pool_{args.pool_first_seed}_{args.pool_size}.npz",
-                      workers=args.threads)
+    pool = pool_from_args(args)
     tr_idx, va_idx = split_pool(len(pool))
     model = CorrASL(args.size)
     checkpoint.load(Path(args.corrasl or RUNS / f"corrasl_{args.size}" / "checkpoint.pt"), model, None, None)
