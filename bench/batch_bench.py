@@ -1,9 +1,12 @@
 """Batch throughput on Dask: pairs/min and megapixels/s for 1, 2 and 4 local workers, and one large
 pair split into tile tasks against the single-process run. Writes ``docs/BATCH_BENCHMARK.md``.
 
-    .venv/bin/python -m bench.batch_bench [--pairs 6] [--size 1024] [--workers 1,2,4] [--large 4096]
+    .venv/bin/python -m bench.batch_bench [--pairs 6] [--size 1024] [--workers 1,2,4] [--large 4096,16384]
 
-The simulated scenes are cached in ``bench_output/batch/scenes`` (re-used by later runs).
+The simulated scenes are cached in ``bench_output/batch/scenes`` (re-used by later runs). Large pairs
+above 4096 px are the simulated 4096² pair tiled on disk (``bench.speed.tile_pair_on_disk``: simulating a
+16k scene would cost more than the run being measured; repeated content does not change the work).
+The numbers also go to ``bench_output/batch/results.json``.
 """
 from __future__ import annotations
 
@@ -95,43 +98,80 @@ def run(a: argparse.Namespace) -> dict:
         results["throughput"].append(row)
         print(f"{w} worker(s): {done}/{a.pairs} pairs in {wall:.1f} s (+{start_s:.1f} s cluster start): "
               f"{row['pairs_per_min']:.2f} pairs/min, {row['mpx_per_s']:.3f} Mpx/s", flush=True)
-    if a.large:
-        results["large"] = _large(a, work, scenes, parse_manifest_rows, run_batch)
+    results["large"] = [_large(a, size, work, scenes, parse_manifest_rows, run_batch) for size in a.large]
     return results
 
 
-def _large(a, work: str, scenes: str, parse_manifest_rows, run_batch) -> dict:
-    from engine.pipeline import match_pair
-    from engine.write_results import write_results
+def _large_pair(scenes: str, size: int) -> tuple[str, str]:
+    if size <= 4096:
+        return _simulate(scenes, f"large{size}", size, 7, "mixed")
+    from pathlib import Path
 
+    from .speed import tile_pair_on_disk
+
+    sar, opt = _simulate(scenes, "large4096", 4096, 7, "mixed")
+    return tile_pair_on_disk(sar, opt, Path(scenes), size)
+
+
+def _peak_rss_mb(pid: int = 0) -> float:
+    """VmHWM of a process (this one by default), MB: the pipeline's own high-water mark."""
+    try:
+        with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as fh:
+            return next(int(ln.split()[1]) / 1024.0 for ln in fh if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return float("nan")
+
+
+def _single_process_run(sar: str, opt: str, n_target: int, out: str) -> dict:
+    """``match_pair`` + ``write_results`` in a fresh interpreter, so its peak RSS is its own."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json,sys,time;from bench.batch_bench import _peak_rss_mb;"
+            "from engine.batch.manifest import parse_manifest_rows;from engine.pipeline import match_pair;"
+            "from engine.write_results import write_results;"
+            "(j,)=parse_manifest_rows([{'name':'large','sar':sys.argv[1],'optical':sys.argv[2],"
+            "'n_target':int(sys.argv[3])}]);t=time.perf_counter();r=match_pair(j.sar,j.optical,j.params);"
+            "write_results(r,sys.argv[4]);print(json.dumps({'seconds':time.perf_counter()-t,"
+            "'tiles':r.stats.n_tiles,'inliers':r.stats.n_inliers,'peak_rss_mb':_peak_rss_mb()}))")
+    cp = subprocess.run([sys.executable, "-c", code, sar, opt, str(n_target), out], cwd=ROOT,
+                        capture_output=True, text=True, check=False)
+    if cp.returncode:
+        raise RuntimeError(f"single-process run failed: {cp.stderr.strip().splitlines()[-1:]}")
+    return json.loads(cp.stdout.strip().splitlines()[-1])
+
+
+def _large(a, size: int, work: str, scenes: str, parse_manifest_rows, run_batch) -> dict:
     t0 = time.perf_counter()
-    sar, opt = _simulate(scenes, f"large{a.large}", a.large, 7, "mixed")
-    print(f"large pair {a.large}² px ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+    sar, opt = _large_pair(scenes, size)
+    print(f"large pair {size}² px ready ({time.perf_counter() - t0:.0f} s)", flush=True)
     (job,) = parse_manifest_rows([{"name": "large", "sar": sar, "optical": opt, "n_target": a.n_target}])
-    single_dir = os.path.join(work, "large_single")
+    single_dir = os.path.join(work, f"large{size}_single")
     shutil.rmtree(single_dir, ignore_errors=True)
-    t = time.perf_counter()
-    res = match_pair(sar, opt, job.params)
-    write_results(res, single_dir)
-    single = time.perf_counter() - t
-    print(f"single process: {single:.1f} s ({res.stats.n_tiles} tiles, {res.stats.n_inliers} inliers)", flush=True)
+    one = _single_process_run(sar, opt, a.n_target, single_dir)
+    single = one["seconds"]
+    print(f"single process: {single:.1f} s ({one['tiles']} tiles, {one['inliers']} inliers, "
+          f"peak {one['peak_rss_mb']:.0f} MB)", flush=True)
     client, cluster, start_s = _cluster(a.large_workers)
     try:
-        out = os.path.join(work, "large_batch")
+        out = os.path.join(work, f"large{size}_batch")
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
         rep = run_batch([job], out, client=client, tile_pixels=0, force=True)
         tiled = time.perf_counter() - t
+        worker_peak = max(client.run(_peak_rss_mb).values())
     finally:
         _close(client, cluster)
     (o,) = rep.outcomes
     name = os.path.basename(opt) + ".points"
     same = open(os.path.join(single_dir, name), "rb").read() == open(os.path.join(out, "large", name), "rb").read()
     print(f"tiled on {a.large_workers} workers: {tiled:.1f} s ({o.tiles} tiles, {o.tasks} tasks), "
-          f"speed-up {single / tiled:.2f}x, .points identical: {same}", flush=True)
-    return {"size": a.large, "single_s": single, "tiled_s": tiled, "workers": a.large_workers, "tiles": o.tiles,
-            "tasks": o.tasks, "identical": same, "status": o.status, "inliers": res.stats.n_inliers,
-            "start_s": start_s}
+          f"speed-up {single / tiled:.2f}x, .points identical: {same}, worker peak {worker_peak:.0f} MB", flush=True)
+    return {"size": size, "single_s": single, "tiled_s": tiled, "workers": a.large_workers, "tiles": o.tiles,
+            "tasks": o.tasks, "identical": same, "status": o.status, "inliers": one["inliers"],
+            "start_s": start_s, "single_peak_mb": one["peak_rss_mb"], "worker_peak_mb": worker_peak,
+            "tiled_from_4096": size > 4096}
 
 
 def write_doc(results: dict, path: str, seconds: float) -> None:
@@ -163,27 +203,36 @@ def write_doc(results: dict, path: str, seconds: float) -> None:
     for r in results["throughput"]:
         lines.append(f"| {r['workers']} | {r['wall_s']:.1f} | {r['start_s']:.1f} | {r['done']}/{r['pairs']} | "
                      f"{r['pairs_per_min']:.2f} | {r['mpx_per_s']:.3f} |")
-    lg = results.get("large")
-    if lg:
+    large = results.get("large") or []
+    if large:
         lines += [
             "",
-            f"## One large pair ({lg['size']}² px) split into tile tasks",
+            "## Large pairs split into tile tasks",
             "",
-            f"The pair is split along the engine's tile plan ({lg['tiles']} tiles of 2048 px cores): pass-1 tile tasks "
-            "return their pieces of the scene-wide candidate score map, one task selects the candidates, pass-2 tile "
-            f"tasks match the candidates their cores own, one task fits the geometry and writes ({lg['tasks']} tasks).",
+            "Each pair is split along the engine's tile plan (2048 px tile cores): pass-1 tile tasks return their "
+            "pieces of the scene-wide candidate score map, one task selects the candidates, pass-2 tile tasks match "
+            "the candidates their cores own, one task fits the geometry and writes all outputs. The single-process "
+            "run is `match_pair` + `write_results` (what `python -m engine match` does) in a fresh interpreter; "
+            "peak memory is the kernel's high-water mark (VmHWM) of that process, and of the largest worker "
+            "process for the batch run.",
             "",
-            "| run | wall (s) |",
-            "|---|---:|",
-            f"| single process (`match_pair` + `write_results`, as `python -m engine match`) | {lg['single_s']:.1f} |",
-            f"| batch, tiled, {lg['workers']} workers (cluster start {lg['start_s']:.1f} s not included) | "
-            f"{lg['tiled_s']:.1f} |",
+            f"| pair | tiles | tasks | single process (s) | batch, {large[0]['workers']} workers (s) | speed-up | "
+            "single-process peak (MB) | worker peak (MB) | `.points` | inliers |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        ]
+        for lg in large:
+            src = " (4096² simulated pair tiled on disk)" if lg.get("tiled_from_4096") else " (simulated)"
+            lines.append(
+                f"| {lg['size']}²{src} | {lg['tiles']} | {lg['tasks']} | {lg['single_s']:.1f} | {lg['tiled_s']:.1f} | "
+                f"{lg['single_s'] / lg['tiled_s']:.2f}× | {lg.get('single_peak_mb', float('nan')):.0f} | "
+                f"{lg.get('worker_peak_mb', float('nan')):.0f} | "
+                f"{'byte-identical' if lg['identical'] else 'DIFFERENT'} | {lg['inliers']} |")
+        lines += [
             "",
-            f"Speed-up {lg['single_s'] / lg['tiled_s']:.2f}×; the `.points` files of both runs are "
-            f"{'byte-identical' if lg['identical'] else 'DIFFERENT'} ({lg['inliers']} inliers). "
-            "The speed-up is bounded by the pair's serial steps (the scene statistics read before the tiles; the fit "
-            "and the writing of all outputs, the corrected GeoTIFF and the checkerboards included, after them) and, "
-            "on this machine, by the single process already using both cores in its BLAS calls.",
+            f"Cluster start ({large[0]['start_s']:.1f} s) not included. The speed-up is bounded by each pair's "
+            "serial steps (the scene statistics read before the tiles; the fit and the writing of all outputs, the "
+            "corrected GeoTIFF and the checkerboards included, after them) and, on this machine, by the single "
+            "process already using both cores in its BLAS calls.",
         ]
     lines += [
         "",
@@ -225,7 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--workers", default="1,2,4")
-    ap.add_argument("--large", type=int, default=4096, help="side of the large pair (0: skip)")
+    ap.add_argument("--large", default="4096,16384",
+                    help="sides of the large pairs, comma-separated ('' or 0: none)")
     ap.add_argument("--large-workers", type=int, default=2)
     ap.add_argument("--n-target", type=int, default=150)
     ap.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -234,6 +284,7 @@ def main(argv=None) -> int:
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "BATCH_BENCHMARK.md"))
     a = ap.parse_args(argv)
     a.workers = [int(w) for w in a.workers.split(",")]
+    a.large = [int(x) for x in str(a.large).split(",") if x.strip() and int(x) > 0]
     args = list(argv if argv is not None else sys.argv[1:])
     if "--note" in args:  # the note goes into the text, not into the command line shown
         i = args.index("--note")
@@ -241,6 +292,10 @@ def main(argv=None) -> int:
     a.cmdline = shlex.join(args)
     t0 = time.perf_counter()
     results = run(a)
+    import json
+
+    with open(os.path.join(ROOT, "bench_output", "batch", "results.json"), "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=1, default=str)
     write_doc(results, a.doc, time.perf_counter() - t0)
     print(f"wrote {a.doc}")
     return 0

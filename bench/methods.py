@@ -72,51 +72,70 @@ def _peer(module_name: str) -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
 
 
 class _DeepPair:
-    """All deep outputs of one pair, computed once and shared by the four deep variants.
+    """All deep outputs of one pair for one model set, computed once and shared by that set's variants.
 
     Why: the variants differ only in which filter decides ``keep`` (none, ORN, goodness, both);
     running the networks once per pair keeps the suite's time down. The speed section times the
     variants with ``fresh=True`` so their timings include the network calls.
     """
 
-    models = None
-    key: tuple = ()
-    value: dict = {}
+    _by_set: dict = {}
 
-    @classmethod
-    def get(cls, search: np.ndarray, template: np.ndarray, fresh: bool = False) -> dict:
-        from engine.deep.matcher import heatmap_to_match
+    def __init__(self, model_set: str) -> None:
         from engine.runtime.deep import DeepModels
 
-        if cls.models is None:
-            cls.models = DeepModels(threads=1)
+        self.models = DeepModels(model_set or None, threads=1)
+        self.key: tuple = ()
+        self.value: dict = {}
+
+    @classmethod
+    def of(cls, model_set: str) -> "_DeepPair":
+        if model_set not in cls._by_set:
+            cls._by_set[model_set] = cls(model_set)
+        return cls._by_set[model_set]
+
+    def get(self, search: np.ndarray, template: np.ndarray, fresh: bool = False) -> dict:
+        from engine.deep.matcher import heatmap_to_match
+
         key = (id(search), id(template), float(search.flat[0]), float(template.flat[-1]))
-        if fresh or key != cls.key:
-            m = cls.models
+        if fresh or key != self.key:
+            m = self.models
             raw = m.heatmaps(search[None], template[None])
             dm = heatmap_to_match(raw[0], search.shape[0], correction=m.offset_correction)
             s = search.shape[0] // 2 - template.shape[0] // 2
             centre = search[s:s + template.shape[0], s:s + template.shape[1]]
             good = min(float(m.crop_goodness(centre[None], "sar")[0]), float(m.crop_goodness(template[None], "opt")[0]))
-            cls.key, cls.value = key, {"match": dm, "orn": float(m.reliability(raw)[0]), "good": good}
-        return cls.value
+            self.key, self.value = key, {"match": dm, "orn": float(m.reliability(raw)[0]), "good": good}
+        return self.value
 
 
 def reset_caches() -> None:
     """Forget the shared per-pair deep outputs (the speed section times every call from scratch)."""
-    _DeepPair.key = ()
+    for d in _DeepPair._by_set.values():
+        d.key = ()
 
 
 DEEP_THRESHOLD = 0.5
 """ORN and goodness acceptance threshold (the engine's default)."""
 
+FINETUNED_SET = "lite-s1s2"
+"""The model set fine-tuned on the declared s1s2_volkov training split (methods ``*_s1s2``)."""
 
-def _deep_method(variant: str, fresh: bool = False) -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
-    _DeepPair.get(np.zeros((256, 256), np.float32), np.zeros((128, 128), np.float32), fresh=True)  # load now
+
+def _deep_method(variant: str, fresh: bool = False, model_set: str = "") -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
+    """``model_set`` "" = the engine's default set when no ``FINETUNED_SET`` exists, else the simulator-only
+    set of the same size (so ``corrasl`` always means simulator-only and ``corrasl_s1s2`` the fine-tuned one)."""
+    from engine.runtime.registry import available_sizes
+
+    if not model_set:
+        sets = available_sizes()
+        model_set = "lite" if "lite" in sets else ""
+    pair = _DeepPair.of(model_set)
+    pair.get(np.zeros((256, 256), np.float32), np.zeros((128, 128), np.float32), fresh=True)  # load now
 
     def run(search: np.ndarray, template: np.ndarray) -> PatchOutcome:
         try:
-            v = _DeepPair.get(search, template, fresh)
+            v = pair.get(search, template, fresh)
         except Exception as exc:
             return PatchOutcome((math.nan, math.nan), error=f"{type(exc).__name__}: {exc}")
         dm = v["match"]
@@ -151,6 +170,10 @@ def available_methods(names: Optional[list[str]] = None) -> tuple[list[PatchMeth
          f"min(SAR, optical goodness) >= {DEEP_THRESHOLD} (search centre / template)"),
         ("deep_full", "Goodness + CorrASL + ORN (ours, deep)", "deep", lambda: _deep_method("deep_full"),
          f"goodness and ORN both >= {DEEP_THRESHOLD}"),
+        ("corrasl_s1s2", "CorrASL alone, fine-tuned on s1s2 train split (ours, deep)", "deep",
+         lambda: _deep_method("corrasl", model_set=FINETUNED_SET), "peak not on the heatmap edge"),
+        ("deep_full_s1s2", "Goodness + CorrASL + ORN, CorrASL fine-tuned on s1s2 (ours, deep)", "deep",
+         lambda: _deep_method("deep_full", model_set=FINETUNED_SET), f"goodness and ORN both >= {DEEP_THRESHOLD}"),
     ]
     out: list[PatchMethod] = []
     missing: dict[str, str] = {}
@@ -165,6 +188,6 @@ def available_methods(names: Optional[list[str]] = None) -> tuple[list[PatchMeth
 
 
 METHOD_ORDER = ("ncc", "mi", "structural", "sift_ransac", "arosics", "corrasl", "corrasl_orn", "goodness_corrasl",
-                "deep_full")
+                "deep_full", "corrasl_s1s2", "deep_full_s1s2")
 REFERENCE_METHOD = "ncc"
 """Speed ratios ("computational units") are relative to this method."""

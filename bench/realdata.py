@@ -3,7 +3,9 @@
 Each set has its own kind of ground truth (see that folder's README.md), so each gets its own test:
 
 * ``s1s2_volkov`` (Sentinel-1 VH / Sentinel-2, 10 m, co-registered to about ±3 px): patch pairs with
-  synthetic known offsets; scored at <=1 px and at loose thresholds because the labels are loose.
+  synthetic known offsets; scored at <=1 px and at loose thresholds because the labels are loose. Only
+  the declared *test* split (``models/training/s1s2_volkov_split.json``: the south-Texas fragments) is
+  scored, for every method, because the fine-tuned networks trained on the other fragments.
 * ``srif_aligned`` (≈1 m chips, pixel-aligned, with masks): the 256² SAR chip is the search window,
   the template is cut from the optical chip at a known offset; templates over masked pixels skipped.
 * ``airborne_lzk2211`` (airborne, not co-registered): the 3x3 tiles are mosaicked and each manual
@@ -69,8 +71,15 @@ def _read_png(path: Path) -> np.ndarray:
 # Task lists (what to cut) and pair builders (run inside worker processes)
 # ------------------------------------------------------------------------------------------------
 
+VOLKOV_SPLIT = Path(__file__).resolve().parents[1] / "models" / "training" / "s1s2_volkov_split.json"
+
+
 def volkov_stems(root: Path) -> list[str]:
-    return sorted(p.name[:-len("_sar.tif")] for p in (root / "s1s2_volkov").glob("*_sar.tif"))
+    """The fragments of the declared test split that are present (never the fine-tuning ones)."""
+    import json
+
+    test = set(json.loads(VOLKOV_SPLIT.read_text(encoding="utf-8"))["test"])
+    return sorted(n for n in (p.name[:-len("_sar.tif")] for p in (root / "s1s2_volkov").glob("*_sar.tif")) if n in test)
 
 
 def srif_ids(root: Path) -> list[str]:
@@ -177,7 +186,7 @@ def real_patch_tasks(mode_full: bool, methods: tuple[str, ...]):
     tasks: list = []
     notes: list[str] = []
     sets = {
-        "s1s2_volkov": (lambda: volkov_stems(root), 5 if mode_full else 2, None if mode_full else 15),
+        "s1s2_volkov": (lambda: volkov_stems(root), 16 if mode_full else 2, None if mode_full else 15),
         "srif_aligned": (lambda: srif_ids(root), 2 if mode_full else 1, None if mode_full else 30),
         "whu_opt_sar_sample": (lambda: ["sample"], 100 if mode_full else 20, None),
     }

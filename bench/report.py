@@ -18,6 +18,8 @@ LABELS = {
     "corrasl": "CorrASL alone (deep)", "corrasl_orn": "CorrASL + ORN (deep)",
     "goodness_corrasl": "Goodness + CorrASL (deep)", "deep_full": "Goodness + CorrASL + ORN (deep)",
     "deep": "Deep pipeline (goodness + CorrASL + ORN)",
+    "corrasl_s1s2": "CorrASL alone, fine-tuned on s1s2 train split (deep)",
+    "deep_full_s1s2": "Goodness + CorrASL + ORN, CorrASL fine-tuned on s1s2 (deep)",
 }
 
 
@@ -254,7 +256,12 @@ def render(res: dict) -> str:
 
 
 def memory_text(mem: list[dict]) -> str:
-    """How peak memory grows with the scene, read from the rows (whichever pipeline produced them)."""
+    """How peak memory grows with the scene, per method, read from the rows."""
+    methods = sorted({str(r.get("method", "")) for r in mem})
+    return "".join(_memory_text_one([r for r in mem if str(r.get("method", "")) == m], m) for m in methods)
+
+
+def _memory_text_one(mem: list[dict], method: str) -> str:
     ok = sorted((r for r in mem if not r.get("error") and r.get("peak_rss_mb")), key=lambda r: r["size"])
     if not ok:
         return ""
@@ -264,16 +271,16 @@ def memory_text(mem: list[dict]) -> str:
     grow = big["peak_rss_mb"] / small["peak_rss_mb"]
     if len(ok) > 1 and grow < 0.25 * area:
         tail = [r for r in ok if r["size"] >= 4096] or ok
-        return (f"\nFrom {small['size']}² to {big['size']}² ({area:.0f}× the pixels) the peak grows {grow:.1f}× "
+        return (f"\n{_label(method)}: from {small['size']}² to {big['size']}² ({area:.0f}× the pixels) the peak grows {grow:.1f}× "
                 f"(≈{bpp:.1f} bytes per grid pixel at {big['size']}²; {min(r['peak_rss_mb'] for r in tail):.0f}–"
                 f"{max(r['peak_rss_mb'] for r in tail):.0f} MB from 4096² up): the pipeline reads, preprocesses "
                 "and matches one tile at a time (2048 px cores plus the search margin), with the stretch from a "
                 "decimated read and the candidate selection over a scene-wide score map at 1/256 of the pixels, "
-                "so memory is set by the tile size, not the scene.")
-    return (f"\nAt {big['size']}² the run peaks at ≈{bpp:.0f} bytes per grid pixel (the pipeline "
+                "so memory is set by the tile size, not the scene.\n")
+    return (f"\n{_label(method)}: at {big['size']}² the run peaks at ≈{bpp:.0f} bytes per grid pixel (the pipeline "
             "holds the whole area of interest in memory: raw bands, unit images, masks, candidate "
             f"maps), so memory grows with the area: about {bpp * 32768 ** 2 / 2 ** 30:.0f} GB would be "
-            "needed for a 32768² pair.")
+            "needed for a 32768² pair.\n")
 
 
 def batch_section(md_dir: Path) -> str:

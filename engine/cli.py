@@ -42,7 +42,9 @@ def _add_match_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--goodness-fusion", choices=GOODNESS_FUSIONS, default=d.goodness_fusion,
                    help="deep: fuse SAR/optical goodness with min (precision) or max (recall)")
     p.add_argument("--goodness-threshold", type=float, default=d.goodness_threshold)
-    p.add_argument("--model-size", choices=("full", "lite"), help="deep: network size (default: largest installed)")
+    p.add_argument("--model-size", metavar="SET",
+                   help="deep: model set, e.g. lite (simulator only) or lite-s1s2 (fine-tuned on real Sentinel-1/2 "
+                        "pairs); default: the one models/manifest.json names (`python -m engine models` lists them)")
     p.add_argument("--device", choices=DEVICES, default=d.device,
                    help="deep: where the networks run; 'auto' uses CUDA only if it really works")
     p.add_argument("--max-offset", type=float, help="largest expected misregistration in pixels (widens the search)")
@@ -97,7 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
     from .batch.command import add_arguments as add_batch_arguments
 
     add_batch_arguments(sub.add_parser("batch", help="match every pair of a manifest (CSV/YAML) on Dask"))
+    sub.add_parser("models", help="list the installed model sets (checksums verified) and the default one")
     return ap
+
+
+def run_models() -> int:
+    """Print each installed model set with what it was trained on; exit 1 when a file fails its checksum."""
+    from .errors import ModelError
+    from .runtime.registry import NETWORKS, available_sizes, default_set, load_manifest, verify
+
+    try:
+        man = load_manifest()
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    default = default_set()
+    bad = 0
+    for size in available_sizes():
+        print(f"{size}{'  (default)' if size == default else ''}")
+        for net in NETWORKS:
+            mf = man[(net, size)]
+            try:
+                verify(mf)
+                state = "ok"
+            except ModelError as exc:
+                state, bad = f"FAILED: {exc}", bad + 1
+            print(f"  {net:13s} {mf.path.name:32s} sha256 {mf.sha256[:12]}  {state}")
+        note = man[("corrasl_sar", size)].metadata.get("training")
+        if note:
+            print(f"  trained on: {note}")
+    return 1 if bad else 0
 
 
 def _install_sigint(token: CancelToken):
@@ -212,4 +243,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .batch.command import run as run_batch
 
         return run_batch(a)
+    if a.command == "models":
+        return run_models()
     return 1

@@ -51,7 +51,7 @@ class MatchParams:
     """Deep method: goodness peaks below this fused value are not candidates. 0 keeps every soft-NMS
     peak and lets the goodness rank them (the shipped lite networks rate few places above 0.3)."""
     model_size: Optional[str] = None
-    """'full', 'lite' or None (the largest installed)."""
+    """Model set ('lite', 'lite-s1s2', 'full', ...) or None: the manifest's default set."""
     device: str = "auto"
     """Where the networks run: 'auto' (CUDA if it really works), 'cpu' or 'cuda'."""
 

@@ -47,3 +47,20 @@ def deep_unavailable_reason(plugin_dir: str) -> str:
     if "deep" not in METHODS:
         return "deep scene pipeline not in this version yet"
     return ""
+
+
+def model_set_items() -> list[tuple[str, str]]:
+    """(value, label) for the dock's model-set choice: the default first as '', then each installed set.
+
+    Labels say what each set was trained on, so the analyst can pick the fine-tuned one for
+    Sentinel-1/2-like data or the simulator-only one elsewhere (models/MODEL_CARD.md has the numbers)."""
+    from ..engine.runtime.registry import available_sizes, default_set
+
+    sets = available_sizes()
+    if not sets:
+        return [("", "Not installed")]
+    default = default_set()
+    items = [("", f"Default ({default})")]
+    for s in sets:
+        items.append((s, f"{s}: fine-tuned on real Sentinel-1/2 pairs" if "-s1s2" in s else f"{s}: simulator-trained"))
+    return items

@@ -57,7 +57,7 @@ from ..engine.errors import MatcherError
 from ..engine.params import MatchParams
 from .aoi import MODES as AOI_MODES
 from .aoi import AoiDrawer, AoiError, compute_aoi
-from .dependencies import deep_models, deep_unavailable_reason
+from .dependencies import deep_models, deep_unavailable_reason, model_set_items
 from .export import export_gcps
 from .layers import LayerError, insert_above, load_tie_layers, pixel_size_m, raster_path
 from .notice import Notice
@@ -273,10 +273,15 @@ class MatcherDock(QgsDockWidget):
         self.device.addItem("Automatic (GPU if usable)", "auto")
         self.device.addItem("CPU", "cpu")
         self.device.addItem("GPU (CUDA)", "cuda")
+        self.model_set = QComboBox()
+        self.model_set.setToolTip("Which trained networks to use (models/MODEL_CARD.md describes each set)")
+        for name, label in model_set_items():
+            self.model_set.addItem(label, name)
         f.addRow("ORN threshold", self.orn_threshold)
         f.addRow("Goodness fusion", self.goodness)
+        f.addRow("Models", self.model_set)
         f.addRow("Device", self.device)
-        for wdg in (self.orn_threshold, self.goodness, self.device):
+        for wdg in (self.orn_threshold, self.goodness, self.model_set, self.device):
             wdg.setEnabled(bool(self.models))
             if not self.models:
                 wdg.setToolTip(self.no_deep)
@@ -428,6 +433,7 @@ class MatcherDock(QgsDockWidget):
         self.orn_threshold.setValue(s.orn_threshold)
         self._select(self.goodness, s.goodness_fusion)
         self._select(self.device, s.device)
+        self._select(self.model_set, s.model_set)
         self._aoi_mode_changed()
 
     def collect_settings(self) -> DockSettings:
@@ -439,7 +445,7 @@ class MatcherDock(QgsDockWidget):
             ransac_threshold_px=self.ransac.value(), aoi_mode=self.aoi_mode.currentData(),
             output_folder=self.out_dir.filePath(), write_vrt=self.vrt_check.isChecked(),
             orn_threshold=self.orn_threshold.value(), goodness_fusion=self.goodness.currentData(),
-            device=self.device.currentData(),
+            device=self.device.currentData(), model_set=self.model_set.currentData() or "",
         )
 
     def save_settings(self) -> None:
@@ -510,7 +516,7 @@ class MatcherDock(QgsDockWidget):
             ransac_threshold_px=self.ransac.value(), aoi=aoi.rect, aoi_crs=aoi.crs,
             sar_band=max(1, self.sar_band.currentBand()), opt_bands=[opt_band] if opt_band > 0 else None,
             orn_threshold=self.orn_threshold.value(), goodness_fusion=self.goodness.currentData() or "min",
-            device=self.device.currentData() or "auto",
+            device=self.device.currentData() or "auto", model_size=self.model_set.currentData() or None,
         )
         p.validate()
         return p

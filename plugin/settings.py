@@ -36,6 +36,8 @@ class DockSettings:
     orn_threshold: float = _ENGINE.orn_threshold
     goodness_fusion: str = _ENGINE.goodness_fusion
     device: str = _ENGINE.device
+    model_set: str = ""
+    """'' = the manifest's default model set (engine.runtime.default_set)."""
 
     @classmethod
     def load(cls, settings: QgsSettings | None = None) -> "DockSettings":

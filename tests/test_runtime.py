@@ -34,6 +34,22 @@ def test_fft_correlation_equals_direct_sum(rng):
     assert [np.unravel_index(np.argmax(x), x.shape) for x in h] == [(4, 6), (4, 6)]
 
 
+def test_fft_correlation_in_single_precision_and_chunks_matches_double(rng):
+    """Engine-sized heatmaps (more pairs than one chunk, 64 channels, 124 vs 60 features) computed in
+    float32 chunks equal a float64 whole-batch reference to ~1e-6 of their range."""
+    n = correlate.CHUNK + 3
+    s = rng.normal(size=(n, 64, 124, 124)).astype(np.float32)
+    t = rng.normal(size=(n, 64, 60, 60)).astype(np.float32)
+    s /= np.linalg.norm(s, axis=1, keepdims=True)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    a = correlate.fft_correlate(s, t)
+    S = np.fft.rfft2(s.astype(np.float64), s=(124, 124))
+    T = np.fft.rfft2(t.astype(np.float64), s=(124, 124))
+    ref = np.fft.irfft2((S * np.conj(T)).sum(1), s=(124, 124))[:, :65, :65]
+    assert a.shape == (n, 65, 65) and a.dtype == np.float32
+    np.testing.assert_allclose(a, ref, atol=1e-5 * np.abs(ref).max())
+
+
 def test_fft_correlation_rejects_mismatched_shapes(rng):
     with pytest.raises(ValueError, match="do not pair"):
         correlate.fft_correlate(np.zeros((1, 3, 8, 8)), np.zeros((1, 4, 4, 4)))
@@ -228,3 +244,17 @@ def test_out_of_memory_retries_with_smaller_batches():
     m.sessions = {"orn": Broken()}
     with pytest.raises(RuntimeError, match="invalid input shape"):
         m._run("orn", x)
+
+
+@needs_models
+def test_blocked_goodness_map_equals_one_pass(rng):
+    """A large image's goodness map computed block by block (bounded memory) is the one-pass map."""
+    from engine.runtime.deep import DeepModels
+
+    m = DeepModels(SIZES[0])
+    img = rng.random((1000, 1130)).astype(np.float32)
+    img[200:600, 300:900] = np.linspace(0, 1, 600)[None, :]  # structure across block borders
+    whole = m.goodness_map(img, "sar", block=4096)
+    blocked = m.goodness_map(img, "sar", block=256)
+    assert whole.shape == blocked.shape == (29, 33)
+    np.testing.assert_allclose(blocked, whole, atol=1e-5)

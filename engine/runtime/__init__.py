@@ -3,8 +3,8 @@
 No torch here: only onnxruntime and numpy. See ``models/MODEL_CARD.md`` for what the files are.
 """
 from .correlate import fft_correlate
-from .registry import MODELS_DIR, ModelFile, available_sizes, load_manifest, verify
+from .registry import MODELS_DIR, ModelFile, available_sizes, default_set, load_manifest, verify
 from .session import make_session
 
-__all__ = ["MODELS_DIR", "ModelFile", "available_sizes", "fft_correlate", "load_manifest", "make_session",
+__all__ = ["MODELS_DIR", "ModelFile", "available_sizes", "default_set", "fft_correlate", "load_manifest", "make_session",
            "verify"]

@@ -17,11 +17,26 @@ import numpy as np
 
 from ..errors import ModelError
 from .correlate import fft_correlate
-from .registry import NETWORKS, available_sizes, load_manifest, verify
+from .registry import NETWORKS, available_sizes, default_set, load_manifest, verify
 from .session import Session, make_session
 
 EXPECTED = {"search_px": 256, "template_px": 128, "heatmap": 65, "cell_px": 2.0, "centre_cell": 32}
-BATCH = 16
+BATCH = 8
+"""Windows per CorrASL call on the CPU. Why 8: onnxruntime's memory arena keeps the largest batch's
+activations (~35 MB per 256 px window for lite); 16 at a time cost 0.6 GB more peak memory for no
+measurable speed (docs/BENCHMARKS.md, memory section)."""
+BATCH_GPU = 64
+"""On a GPU larger batches pay; an out-of-memory error halves it (``_run``)."""
+GOOD_STRIDE = 32
+GOOD_BLOCK = 1024
+"""Core side (px) of the blocks a large image's goodness map is computed in (multiple of the stride).
+
+Why blocks: the goodness networks keep full-resolution activations (channels x H x W floats per
+layer); on a 2336² tile that is several hundred MB per layer and drove the deep pipeline's peak to
+5 GB. Blocks of 1024² plus the reach margin bound it, and give the same map (tested)."""
+GOOD_REACH = 160
+"""Margin (px, multiple of the stride) around a block core: more than the networks' reach, so the cells
+taken from a block are the cells a whole-image pass gives."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -33,6 +48,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
                                   "bad_alloc", "cudnn_status_alloc_failed"))
 
 
+def _goodness_cells(n: int) -> int:
+    """Cells of the goodness map along a side of ``n`` px, as the network computes them: three 2x2
+    max-pools (floor), two 3x3 stride-2 convolutions with padding 1, the 4x4 average pool."""
+    m = n // 8
+    m = (m - 1) // 2 + 1
+    m = (m - 1) // 2 + 1
+    return m - 3
+
+
 class DeepModels:
     """Loaded, verified sessions of one size variant."""
 
@@ -42,14 +66,15 @@ class DeepModels:
         if not sizes:
             load_manifest(models_dir)  # raises the specific "not installed"/"corrupt" error
             raise ModelError("the model manifest lists no complete set of networks; reinstall the plugin")
-        size = size or ("full" if "full" in sizes else sizes[0])
+        size = size or default_set(models_dir)
         if size not in sizes:
             raise ModelError(f"no '{size}' models installed (available: {', '.join(sizes)})")
         man = load_manifest(models_dir)
         self.size = size
         self.sessions: dict[str, Session] = {}
         for name in NETWORKS:
-            self.sessions[name] = make_session(verify(man[(name, size)]), provider, threads)
+            self.sessions[name] = make_session(verify(man[(name, size)]), provider, threads,
+                                               arena=not name.startswith("goodness"))
         self.provider = self.sessions["corrasl_sar"].provider
         self._check_metadata()
         pre = self.sessions["corrasl_sar"].metadata.get("preprocessing", {})
@@ -78,7 +103,7 @@ class DeepModels:
     def to_input(self, unit: np.ndarray) -> np.ndarray:
         return ((np.asarray(unit, np.float32) - self.centre) * self.scale).astype(np.float32)
 
-    def _run(self, name: str, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
+    def _run(self, name: str, x: np.ndarray, batch: int = 0) -> np.ndarray:
         """Run ``name`` over ``x`` in batches; on an out-of-memory error retry with half the batch.
 
         Why: a GPU's free memory is not known in advance (other programs share it); halving until it
@@ -86,6 +111,7 @@ class DeepModels:
         sess = self.sessions[name]
         out = []
         i = 0
+        batch = batch or (BATCH if self.provider == "cpu" else BATCH_GPU)
         batch = max(1, min(batch, self.max_batch.get(name, batch)))
         while i < len(x):
             try:
@@ -127,10 +153,37 @@ class DeepModels:
         """ORN probability that each heatmap's peak is a correct match, (N,)."""
         return self._run("orn", np.asarray(heatmaps, np.float32), batch=256).reshape(-1)
 
-    def goodness_map(self, unit: np.ndarray, modality: str) -> np.ndarray:
-        """Goodness of a (H,W) unit image, (H//32-3, W//32-3); cell (i,j) covers px [32i, 32i+128)."""
+    def goodness_map(self, unit: np.ndarray, modality: str, block: int = GOOD_BLOCK) -> np.ndarray:
+        """Goodness of a (H,W) unit image, (H//32-3, W//32-3); cell (i,j) covers px [32i, 32i+128).
+
+        Images larger than a block are done block by block (cores of ``block`` px plus ``GOOD_REACH``
+        of context, read windows on the 32 px grid); each block gives the cells whose centre lies in
+        its core."""
         name = "goodness_sar" if modality == "sar" else "goodness_opt"
-        return self._run(name, self.to_input(unit)[None, None])[0, 0]
+        unit = np.asarray(unit)
+        H, W = unit.shape
+        n_r, n_c = _goodness_cells(H), _goodness_cells(W)
+        if H <= block + 2 * GOOD_REACH and W <= block + 2 * GOOD_REACH:
+            return self._run(name, self.to_input(unit)[None, None])[0, 0]
+        out = np.empty((n_r, n_c), np.float32)
+        centres_r = GOOD_STRIDE * np.arange(n_r) + 64
+        centres_c = GOOD_STRIDE * np.arange(n_c) + 64
+        for r0 in range(0, H, block):
+            rows = np.flatnonzero((centres_r >= r0) & (centres_r < r0 + block))
+            if not len(rows):
+                continue
+            a = max(r0 - GOOD_REACH, 0)
+            b = min(r0 + block + GOOD_REACH, H)
+            for c0 in range(0, W, block):
+                cols = np.flatnonzero((centres_c >= c0) & (centres_c < c0 + block))
+                if not len(cols):
+                    continue
+                c = max(c0 - GOOD_REACH, 0)
+                d = min(c0 + block + GOOD_REACH, W)
+                g = self._run(name, self.to_input(unit[a:b, c:d])[None, None])[0, 0]
+                # block cell k is image cell a/32 + k
+                out[np.ix_(rows, cols)] = g[np.ix_(rows - a // GOOD_STRIDE, cols - c // GOOD_STRIDE)]
+        return out
 
     def crop_goodness(self, crops_unit: np.ndarray, modality: str) -> np.ndarray:
         """Goodness of (N,128,128) crops, (N,)."""

@@ -24,7 +24,7 @@ NETWORKS = ("corrasl_sar", "corrasl_opt", "goodness_sar", "goodness_opt", "orn")
 class ModelFile:
     """One shipped network as recorded in the manifest."""
     name: str                    # e.g. "corrasl_sar"
-    size: str                    # "lite" or "full"
+    size: str                    # model set: "lite", "full", or a fine-tuned variant such as "lite-s1s2"
     path: Path
     sha256: str
     metadata: dict = field(default_factory=dict, compare=False)
@@ -64,6 +64,25 @@ def available_sizes(models_dir: Optional[Path] = None) -> list[str]:
         return []
     sizes = sorted({s for (_, s) in man})
     return [s for s in sizes if all((n, s) in man and man[(n, s)].path.exists() for n in NETWORKS)]
+
+
+def default_set(models_dir: Optional[Path] = None) -> Optional[str]:
+    """The set the engine uses when none is named: the manifest's ``default`` when it is installed,
+    else ``full``, else the first complete set; None when none is installed.
+
+    Why the manifest decides: which variant is better for users (simulator-only or fine-tuned on real
+    data) is a measured result, recorded by the training code's ``card`` stage next to the numbers."""
+    sizes = available_sizes(models_dir)
+    if not sizes:
+        return None
+    try:
+        doc = json.loads((Path(models_dir or MODELS_DIR) / MANIFEST).read_text(encoding="utf-8"))
+        preferred = doc.get("default")
+    except (OSError, ValueError):
+        preferred = None
+    if preferred in sizes:
+        return preferred
+    return "full" if "full" in sizes else sizes[0]
 
 
 def verify(mf: ModelFile) -> Path:

@@ -40,8 +40,13 @@ _CUDA_FAILED = False
 """Set once a CUDA session failed to start in this process: later sessions go straight to the CPU."""
 
 
-def make_session(path: Path, provider: str = "auto", threads: Optional[int] = None) -> Session:
-    """Load ``path`` on ``provider`` ('auto': CUDA if it really works, else CPU)."""
+def make_session(path: Path, provider: str = "auto", threads: Optional[int] = None, arena: bool = True) -> Session:
+    """Load ``path`` on ``provider`` ('auto': CUDA if it really works, else CPU).
+
+    ``arena=False`` turns off onnxruntime's CPU memory arena, which keeps (and rounds up) the largest
+    allocation a session ever made: right for networks run on large images a few times (goodness),
+    wrong for small batches run thousands of times (CorrASL, ORN), where the arena saves the
+    allocation cost."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - environment problem
@@ -58,6 +63,8 @@ def make_session(path: Path, provider: str = "auto", threads: Optional[int] = No
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or _threads()
     so.inter_op_num_threads = 1
+    if not arena or os.environ.get("SOM_NO_ARENA"):
+        so.enable_cpu_mem_arena = False
     so.log_severity_level = 3
     try:
         with warnings.catch_warnings():

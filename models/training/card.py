@@ -21,7 +21,10 @@ from .export import MODELS_DIR
 NETS = ("corrasl_sar", "corrasl_opt", "goodness_sar", "goodness_opt", "orn")
 RUN_OF = {"corrasl_sar": "corrasl", "corrasl_opt": "corrasl", "goodness_sar": "goodness_sar",
           "goodness_opt": "goodness_opt", "orn": "orn"}
-PATCH_METHODS = ("ncc", "mi", "structural", "corrasl", "corrasl_orn", "goodness_corrasl", "deep_full")
+PATCH_METHODS = ("ncc", "mi", "structural", "corrasl", "corrasl_orn", "goodness_corrasl", "deep_full",
+                 "corrasl_s1s2", "deep_full_s1s2")
+VARIANT_METHODS = {"s1s2": ("corrasl_s1s2", "deep_full_s1s2")}
+"""Benchmark rows of a fine-tuned set (``bench.methods``); the base set's are the un-suffixed deep rows."""
 COMMANDS = {
     "corrasl": "python -m models.training corrasl --size {size} --steps 1400 --minutes 52",
     "calibrate": "python -m models.training calibrate --size {size} --val-pairs 512",
@@ -32,6 +35,10 @@ COMMANDS = {
     "export": "python -m models.training export --size {size}",
     "bench": "python -m bench --full --only patches,real --no-install",
     "card": "python -m models.training card --size {size}",
+    "corrasl_s1s2": "python -m models.training corrasl --size {size} --variant s1s2 --init "
+                    "models/training/runs/corrasl_{size}/checkpoint.pt --real-fraction 0.5 --flips h --lr 1e-4 "
+                    "--lr-min 1e-5 --steps {steps} --minutes {minutes}",
+    "export_s1s2": "python -m models.training export --size {size} --variant s1s2",
 }
 
 
@@ -78,27 +85,71 @@ def _slim(a, k) -> dict:
     return r
 
 
+def model_sets(size: str) -> list[str]:
+    """The exported sets of this size: the base one and its fine-tuned variants (``SIZE-VARIANT``)."""
+    out = [size]
+    for p in sorted(MODELS_DIR.glob(f"corrasl_sar_{size}-*.onnx")):
+        out.append(p.stem[len("corrasl_sar_"):])
+    return out
+
+
+def _set_methods(model_set: str, net: str) -> tuple[str, ...]:
+    """Benchmark rows that describe this network of this set (plus the classical baselines)."""
+    variant = model_set.split("-", 1)[1] if "-" in model_set else ""
+    if variant:
+        deep = VARIANT_METHODS.get(variant, ())
+        deep = deep if net.startswith("corrasl") or net == "orn" else tuple(m for m in deep if m.startswith("deep"))
+    else:
+        deep = ("corrasl", "corrasl_orn", "goodness_corrasl", "deep_full") if net.startswith("corrasl") or net == "orn" \
+            else ("goodness_corrasl", "deep_full")
+    return ("n_pairs", "ncc", "mi", "structural") + deep
+
+
 def write_card(args: argparse.Namespace) -> Path:
     import onnx
 
     from engine.runtime.registry import sha256_of
 
-    size = args.size
     bench_path = Path(args.bench)
     bench = json.loads(bench_path.read_text()) if bench_path.exists() else {}
     bm = _bench_metrics(bench)
     records = []
     extras = {}
+    sets = model_sets(args.size)
+    for size in sets:
+        records += _stamp_set(size, bm, bench, extras, onnx, sha256_of)
+    man_path = MODELS_DIR / "manifest.json"
+    doc = json.loads(man_path.read_text()) if man_path.exists() else {"models": []}
+    doc["models"] = [r for r in doc["models"] if r["size"] not in sets] + records
+    if args.default:
+        doc["default"] = args.default
+    doc.setdefault("default", args.size)
+    tmp = man_path.with_name("manifest.json.part")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(man_path)
+    card = MODELS_DIR / "MODEL_CARD.md"
+    text = render(args.size, sets, doc["default"], records, extras, bm, bench)
+    tmp = card.with_name("MODEL_CARD.md.part")
+    tmp.write_text(text)
+    tmp.replace(card)
+    print(f"wrote {man_path} and {card}")
+    return card
+
+
+def _stamp_set(size: str, bm: dict, bench: dict, extras: dict, onnx, sha256_of) -> list[dict]:
+    from .export import run_for
+
+    records = []
     for net in NETS:
         path = MODELS_DIR / f"{net}_{size}.onnx"
         if not path.exists():
             raise SystemExit(f"{path} missing: run the export stage first")
-        ex = _ckpt_extra(RUN_OF[net], size)
-        extras[net] = ex
+        run = run_for(RUN_OF[net], size)  # a fine-tuned set re-uses the base size's goodness/ORN runs
+        ex = _ckpt_extra(RUN_OF[net], run.name[len(RUN_OF[net]) + 1:])
+        extras[(size, net)] = ex
         val = {k: v for k, v in ex.items() if k.startswith("val_")}
-        metrics = {"validation": val, "benchmark": bm if net.startswith("corrasl") or net in ("orn",) else
-                   {k: {m: v for m, v in d.items() if m in ("n_pairs", "goodness_corrasl", "deep_full")}
-                    for k, d in bm.items()}}
+        keep = _set_methods(size, net)
+        metrics = {"validation": val, "benchmark": {k: {m: v for m, v in d.items() if m in keep} for k, d in bm.items()}}
         model = onnx.load(str(path))
         props = {p.key: p.value for p in model.metadata_props}
         props["metrics"] = json.dumps(metrics)
@@ -111,59 +162,94 @@ def write_card(args: argparse.Namespace) -> Path:
         onnx.save(model, str(tmp))
         tmp.replace(path)
         meta = {k: json.loads(v) for k, v in props.items()}
+        md = {k: meta[k] for k in ("version", "input_px", "crop_px", "output_stride", "cell_px") if k in meta}
+        md["training"] = meta.get("training_data", "")
         records.append({"name": net, "size": size, "file": path.name, "sha256": sha256_of(path),
-                        "bytes": path.stat().st_size,
-                        "metadata": {k: meta[k] for k in ("version", "input_px", "crop_px", "output_stride", "cell_px")
-                                     if k in meta}})
-    man_path = MODELS_DIR / "manifest.json"
-    doc = json.loads(man_path.read_text()) if man_path.exists() else {"models": []}
-    doc["models"] = [r for r in doc["models"] if r["size"] != size] + records
-    tmp = man_path.with_name("manifest.json.part")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(man_path)
-    card = MODELS_DIR / "MODEL_CARD.md"
-    text = render(size, records, extras, bm, bench)
-    tmp = card.with_name("MODEL_CARD.md.part")
-    tmp.write_text(text)
-    tmp.replace(card)
-    print(f"wrote {man_path} and {card}")
-    return card
+                        "bytes": path.stat().st_size, "metadata": md})
+    return records
 
 
 def _f(v, nd=1) -> str:
     return "–" if v is None else f"{v:.{nd}f}"
 
 
-def render(size: str, records: list, extras: dict, bm: dict, bench: dict) -> str:
+def _finetune_text(size: str, model_set: str, extras: dict) -> list[str]:
+    """The fine-tuning paragraph of a variant set: command, data, label refinement, validation."""
+    ex = extras.get((model_set, "corrasl_sar"), {})
+    a = ex.get("args", {})
+    L = ["", f"### `{model_set}`: CorrASL fine-tuned on real Sentinel-1/2 pairs", ""]
+    cmd = COMMANDS["corrasl_s1s2"].format(size=size, steps=a.get("steps", "?"), minutes=a.get("minutes", "?"))
+    val = ", ".join(f"{k[4:]} {v:.3f}" for k, v in ex.items() if k.startswith("val_") and isinstance(v, float))
+    L += [f"`{cmd}`: {ex.get('step', '–')} steps (counted from the start of the fine-tuning), "
+          f"{_f((ex.get('seconds') or 0) / 60)} min on the 2-core CPU, from the simulator-only `{size}` CorrASL. "
+          f"Each batch: {round(100 * float(a.get('real_fraction', 0.5)))} % real pairs, the rest simulated (so the "
+          f"simulated skills are kept); left-right flips only. Validation on simulated pool patches: {val or '–'}.",
+          "",
+          "Real data: the declared split `models/training/s1s2_volkov_split.json` (committed): **train** = the 55 "
+          "fragments of Sentinel-2 tiles T11SLT/T11SMT (southern California, Sentinel-1 2020-11-07; those fragments "
+          "overlap each other, so they all stay on one side), **test** = the 25 fragments of T14RNT (south Texas, "
+          "Sentinel-1 2020-12-04; no shared pixel, date or acquisition). Only the test fragments are scored by the "
+          "benchmark, for every method. Each training fragment is cut into 512 px pool patches (stride 256 px) "
+          "with the same preprocessing as the engine."]
+    cache = RUNS.parent / "cache" / "real_s1s2_train.npz"
+    if cache.exists():
+        import numpy as np
+
+        z = np.load(cache, allow_pickle=True)
+        info = list(z["info"])
+        shifts = {}
+        for i in info:
+            shifts.setdefault(i["stem"], (i["label_shift_px"], i["agreeing_matches"]))
+        mags = np.array([np.hypot(*v[0]) for v in shifts.values()])
+        fixed = int(np.sum(mags > 0))
+        L += ["", f"Label refinement (the published registration is good to about ±3 px, too loose to teach ≤1 px): "
+              f"{fixed} of {len(shifts)} training fragments had their residual shift re-estimated as the median "
+              "of agreeing structural-descriptor matches at zero offset (two rounds) and removed by resampling the "
+              f"optical image; median |shift| {np.median(mags[mags > 0]) if fixed else 0:.2f} px, largest "
+              f"{mags.max():.2f} px; the other fragments had fewer than 8 agreeing matches and keep the published "
+              f"registration. {len(info)} pool patches in all."]
+    L += ["", "Goodness networks and ORN of this set are the simulator-trained ones of "
+          f"`{size}` (same weights, exported again so that a set is self-contained and its files belong together)."]
+    return L
+
+
+def render(size: str, sets: list, default: str, records: list, extras: dict, bm: dict, bench: dict) -> str:
     from .export import TRAINING_DATA, VERSION
     from .labels import NEG_ERR, POS_ERR
     from .nets import WIDTHS
 
-    c = extras["corrasl_sar"]
-    L = [f"# Model card — SAR-Optical Matcher networks ({size}, version {VERSION})", "",
+    L = [f"# Model card — SAR-Optical Matcher networks ({', '.join(sets)}, version {VERSION})", "",
          f"Generated by `python -m models.training card --size {size}` on "
          f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}. Every file here was trained by this repository's own code "
-         "(`models/training/`) on its own simulator; no external weights.", ""]
+         "(`models/training/`) on its own simulator (and, for the fine-tuned set, on the declared training split of "
+         "the public s1s2_volkov Sentinel-1/2 pairs); no external weights.", ""]
     if size == "lite":
         L += ["**Size shipped: `lite`.** No GPU machine was lent to this task, so the published-width `full` "
               "variant has not been trained yet; `lite` keeps every layer, kernel and stride of the thesis "
               f"architecture with narrower channels ({WIDTHS['lite'].to_dict()}) and was trained on the "
               "2-core CPU. `python -m models.training corrasl --size full --lr 1e-4 --schedule constant` (and the "
               "later stages with `--size full`) trains the full variant on a GPU machine.", ""]
-    L += ["## Files", "", "| file | network | sha256 | bytes |", "|---|---|---|---|"]
+    L += ["## Model sets", "", "| set | what it is | default |", "|---|---|---|"]
+    for st in sets:
+        what = ("trained on the simulator only" if "-" not in st else
+                "CorrASL fine-tuned on real Sentinel-1/2 pairs (declared split), goodness/ORN as the base set")
+        L.append(f"| `{st}` | {what} | {'yes' if st == default else ''} |")
+    L += ["", f"The engine uses `{default}` unless told otherwise (`--model-size SET`; the dock's deep options); "
+          "`python -m engine models` lists the installed sets and verifies their checksums.", "",
+          "## Files", "", "| set | file | network | sha256 | bytes |", "|---|---|---|---|---|"]
     for r in records:
-        L.append(f"| `{r['file']}` | {r['name']} | `{r['sha256']}` | {r['bytes']:,} |")
+        L.append(f"| {r['size']} | `{r['file']}` | {r['name']} | `{r['sha256']}` | {r['bytes']:,} |")
     L += ["", "`models/manifest.json` holds the same checksums; the engine refuses a file whose sha256 differs.", "",
           "## Training data", "", TRAINING_DATA + ".", "",
           "Held-out: benchmark seeds 900000–999999 are never rendered for training (`bench/heldout.py`); "
-          "validation metrics below use pool patches excluded from training (every 10th patch). No real data "
-          "was used for training (the `s1s2_volkov` fine-tuning split is not made yet), so every real-pair "
-          "number below is on data the models never saw.", "",
-          "## Training runs (CPU, 2 cores)", "", "| network | command | steps | minutes | validation |",
+          "validation metrics below use pool patches excluded from training (every 10th patch). The simulator-only "
+          f"set `{size}` saw no real data, so every real-pair number of it is on data it never saw; the fine-tuned "
+          "set saw the s1s2_volkov training fragments only (see below).", "",
+          f"## Training runs of `{size}` (CPU, 2 cores)", "", "| network | command | steps | minutes | validation |",
           "|---|---|---|---|---|"]
     for net, run in (("corrasl_sar", "corrasl"), ("goodness_sar", "goodness_sar"), ("goodness_opt", "goodness_opt"),
                      ("orn", "orn")):
-        ex = extras[net]
+        ex = extras.get((size, net), {})
         val = ", ".join(f"{k[4:]} {v:.3f}" for k, v in ex.items() if k.startswith("val_") and isinstance(v, float))
         L.append(f"| {'CorrASL (both streams)' if run == 'corrasl' else net} | `{COMMANDS[run].format(size=size)}` | "
                  f"{ex.get('step', '–')} | {_f((ex.get('seconds') or 0) / 60)} | {val} |")
@@ -177,7 +263,7 @@ def render(size: str, records: list, extras: dict, bm: dict, bench: dict) -> str
               "network from learning that prior). On the other half ≤1 px accuracy went "
               f"{100 * cal['val_acc1_before']:.1f} % → {100 * cal['val_acc1_after']:.1f} %, so the correction is "
               f"{'applied (ONNX metadata `offset_correction_px`, subtracted by the engine)' if cal['applied'] else 'not applied'}."]
-    lab = extras["goodness_sar"]
+    lab = extras.get((size, "goodness_sar"), {})
     lab_path = RUNS.parent / "cache" / f"labels_{size}.npz"
     counts = ""
     if lab_path.exists():
@@ -198,11 +284,15 @@ def render(size: str, records: list, extras: dict, bm: dict, bench: dict) -> str
              "good from bad matches and the labels rest on the error thresholds)" if lab.get("t_pos") == lab.get("t_neg")
              else "") + "." + counts, "",
           f"Then: `{COMMANDS['export'].format(size=size)}`, `{COMMANDS['bench']}`, "
-          f"`{COMMANDS['card'].format(size=size)}`.", ""]
-    L += ["## Held-out accuracy (benchmark suite)", "",
+          f"`{COMMANDS['card'].format(size=size)}`."]
+    for st in sets[1:]:
+        L += _finetune_text(size, st, extras)
+        L += ["", f"Then: `{COMMANDS['export_s1s2'].format(size=size)}` before the benchmark and the card."]
+    L += ["", "## Held-out accuracy (benchmark suite)", "",
           f"From `docs/benchmarks.json` ({bench.get('meta', {}).get('date', 'not run')}, "
           f"`{bench.get('meta', {}).get('command', '')}`). Accuracy = % within 1 px; mAP as in the thesis (lower is "
-          "better); kept = what the method's own filter passes (goodness/ORN ≥ 0.5).", ""]
+          "better); kept = what the method's own filter passes (goodness/ORN ≥ 0.5). Rows `*_s1s2` are the "
+          "fine-tuned set; the s1s2_volkov rows are its declared test split only.", ""]
     for key, d in bm.items():
         L += [f"### {key.replace('_', ' ')} ({d.get('n_pairs')} pairs)", "",
               "| method | ≤1 px % | ≤2 px % | ≤3 px % | mean L2 px | mAP px | kept | ≤1 px % of kept |",
@@ -217,12 +307,14 @@ def render(size: str, records: list, extras: dict, bm: dict, bench: dict) -> str
     L += ["## Intended use and limits", "",
           "* Inputs: SAR intensity (any scaling the engine detects) and optical (1–4+ bands → luminance), 1–10 m "
           "pixels, resampled onto the SAR grid; template 128 px, search 256 px (±64 px reach, trained for ±32 px).",
-          "* Trained only on simulated scenes: real-data accuracy depends on how well the simulator covers the "
-          "real scene; see the real-pair tables above and docs/BENCHMARKS.md.",
+          "* The simulator-only set depends on how well the simulator covers the real scene; the fine-tuned set saw "
+          "one real sensor pair (Sentinel-1 VH / Sentinel-2, 10 m): see the real-pair tables above and "
+          "docs/BENCHMARKS.md for how each does on other sensors.",
           "* Goodness/ORN outputs are reliability scores for ranking and flagging, not calibrated probabilities.", ""]
     return "\n".join(L)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=("lite", "full"), default="lite")
+    p.add_argument("--default", default="", help="model set the engine uses by default (recorded in manifest.json)")
     p.add_argument("--bench", default=str(Path(__file__).resolve().parents[2] / "docs" / "benchmarks.json"))

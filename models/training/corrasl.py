@@ -20,7 +20,7 @@ import torch
 from engine.matchers.subpixel import refine_peak
 
 from . import checkpoint
-from .data import PatchPool, build_pool, cell_to_offset, l2, sample_corr, split_pool
+from .data import PatchPool, build_pool, cell_to_offset, concat_batches, l2, sample_corr, split_pool
 from .nets import CorrASL, corrasl_loss, matching_loss_per_pair
 
 HERE = Path(__file__).resolve().parent
@@ -66,17 +66,39 @@ def evaluate(model: CorrASL, pool: PatchPool, indices: np.ndarray, n: int, seed:
             "val_l2": float(np.mean(e)), "val_loss": float(np.sum(losses) / n)}
 
 
+def set_name(args: argparse.Namespace) -> str:
+    """Model set: the size, plus ``-VARIANT`` for a fine-tuned variant (e.g. ``lite-s1s2``)."""
+    return f"{args.size}-{args.variant}" if getattr(args, "variant", "") else args.size
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    return Path(args.run or RUNS / f"corrasl_{set_name(args)}")
+
+
 def train(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    run = Path(args.run or RUNS / f"corrasl_{args.size}")
+    run = run_dir(args)
     pool = pool_from_args(args)
     tr_idx, va_idx = split_pool(len(pool))
+    real = None
+    n_real = int(round(args.batch * args.real_fraction))
+    if n_real:
+        from .realpool import build_real_pool
+
+        real = build_real_pool(CACHE / "real_s1s2_train.npz")
+        print(f"real fine-tuning pool: {len(real)} patches of the declared s1s2_volkov training split, "
+              f"{n_real} of {args.batch} pairs per batch", flush=True)
     model = CorrASL(args.size)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
     ck = run / "checkpoint.pt"
     step, extra = checkpoint.load(ck, model, opt, rng)
+    if step == 0 and args.init:  # fine-tuning: start from another run's weights (not its optimiser)
+        init_step, _ = checkpoint.load(Path(args.init), model, None, None)
+        if init_step == 0:
+            raise SystemExit(f"--init {args.init}: no checkpoint there")
+        print(f"initialised from {args.init} (step {init_step})", flush=True)
     log = checkpoint.Log(run / "log.jsonl")
     t_start = time.time()
     spent = float(extra.get("seconds", 0.0))
@@ -92,7 +114,10 @@ def train(args: argparse.Namespace) -> Path:
             lr = args.lr_min + 0.5 * (args.lr - args.lr_min) * (1 + math.cos(math.pi * step / args.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        b = sample_corr(pool, rng, args.batch, indices=rng.choice(tr_idx, args.batch))
+        b = sample_corr(pool, rng, args.batch - n_real, indices=rng.choice(tr_idx, args.batch - n_real),
+                        flips=args.flips)
+        if real is not None:
+            b = concat_batches(b, sample_corr(real, rng, n_real, flips=args.flips))
         raw = model(torch.from_numpy(b.search), torch.from_numpy(b.template))
         cell = torch.from_numpy(b.cell).float()
         if args.loss == "thesis":
@@ -132,7 +157,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run", default=None, help="run folder (default models/training/runs/corrasl_SIZE)")
+    p.add_argument("--run", default=None, help="run folder (default models/training/runs/corrasl_SIZE[-VARIANT])")
+    p.add_argument("--variant", default="", help="name of a fine-tuned variant, e.g. s1s2 (model set SIZE-VARIANT)")
+    p.add_argument("--init", default=None, help="start a new run from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--real-fraction", type=float, default=0.0,
+                   help="share of each batch from the declared s1s2_volkov training split (0: simulator only)")
+    p.add_argument("--flips", choices=("hv", "h"), default="hv",
+                   help="random flips: left-right and up-down (hv) or left-right only (h, keeps the sun south)")
 
 
 @torch.no_grad()
@@ -148,7 +179,7 @@ def calibrate(args: argparse.Namespace) -> Path:
     accuracy; the card reports both.
     """
     torch.set_num_threads(args.threads)
-    run = Path(args.run or RUNS / f"corrasl_{args.size}")
+    run = run_dir(args)
     pool = pool_from_args(args)
     _tr, va_idx = split_pool(len(pool))
     model = CorrASL(args.size)

@@ -135,17 +135,23 @@ def cell_to_offset(cell: np.ndarray) -> np.ndarray:
 
 
 def sample_corr(pool: PatchPool, rng: np.random.Generator, n: int, max_offset: int = 32,
-                augment: bool = True, indices: Optional[np.ndarray] = None) -> CorrBatch:
-    """Random (search, template, truth) pairs: the template centre lies ``offset`` from the window's."""
+                augment: bool = True, indices: Optional[np.ndarray] = None, flips: str = "hv") -> CorrBatch:
+    """Random (search, template, truth) pairs: the template centre lies ``offset`` from the window's.
+
+    ``flips``: "hv" mirrors left-right and up-down at random, "h" left-right only. Why "h" exists:
+    an up-down flip turns the simulator's southern sun into a northern one, so the network cannot
+    learn which way shadows fall (a systematic sub-pixel bias measured by ``calibrate``); a left-right
+    flip keeps the sun in the south.
+    """
     S, T = SEARCH_PX, TEMPLATE_PX
     searches, templates, offs, idxs = [], [], [], []
     for k in range(n):
         i = int(indices[k]) if indices is not None else int(rng.integers(len(pool)))
         sar = pool.sar[i].astype(np.float32)
         opt = pool.opt[i].astype(np.float32)
-        if augment and rng.random() < 0.5:
+        if augment and "h" in flips and rng.random() < 0.5:
             sar, opt = sar[:, ::-1], opt[:, ::-1]
-        if augment and rng.random() < 0.5:
+        if augment and "v" in flips and rng.random() < 0.5:
             sar, opt = sar[::-1], opt[::-1]
         d = rng.integers(-max_offset, max_offset + 1, 2)
         r0, c0 = rng.integers(0, POOL_PX - S + 1, 2)
@@ -178,3 +184,9 @@ def l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.hypot(*(np.asarray(a) - np.asarray(b)).T)
 
 
+
+
+def concat_batches(a: CorrBatch, b: CorrBatch) -> CorrBatch:
+    """One batch of both (e.g. simulated + real pairs)."""
+    return CorrBatch(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in
+                       ("search", "template", "offset", "cell", "index")))

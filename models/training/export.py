@@ -67,10 +67,32 @@ class _ORN(nn.Module):
         return self.net(ORN.normalise(heatmap))
 
 
-def _common(size: str, seconds: float, steps: int) -> dict:
-    return {"version": VERSION, "size": size, "widths": WIDTHS[size].to_dict(), "preprocessing": PREPROCESS,
-            "gsd_m": [1.0, 10.0], "training_data": TRAINING_DATA,
+FINETUNE_DATA = {
+    "s1s2": "then fine-tuned (CorrASL only) on the declared training split of s1s2_volkov "
+            "(models/training/s1s2_volkov_split.json: 55 Sentinel-1 VH / Sentinel-2 fragments of southern "
+            "California, labels refined per fragment by structural-descriptor matches), half of each batch real, "
+            "half simulated; left-right flips only",
+}
+
+
+def arch_of(model_set: str) -> str:
+    """'lite-s1s2' -> 'lite': the widths a model set was built with."""
+    return model_set.split("-", 1)[0]
+
+
+def _common(model_set: str, seconds: float, steps: int, finetuned: bool = True) -> dict:
+    variant = model_set.split("-", 1)[1] if "-" in model_set else ""
+    data = TRAINING_DATA + ("; " + FINETUNE_DATA[variant] if variant and finetuned else "")
+    return {"version": VERSION, "size": model_set, "widths": WIDTHS[arch_of(model_set)].to_dict(),
+            "preprocessing": PREPROCESS, "gsd_m": [1.0, 10.0], "training_data": data,
             "training": {"seconds": round(seconds), "steps": steps, "hardware": "CPU (2 cores)"}}
+
+
+def run_for(kind: str, model_set: str) -> Path:
+    """A network's run folder for a model set: its own when it was trained for the set, else the base size's
+    (a fine-tuned variant re-uses the simulator-trained goodness networks and ORN)."""
+    own = RUNS / f"{kind}_{model_set}"
+    return own if (own / "checkpoint.pt").exists() else RUNS / f"{kind}_{arch_of(model_set)}"
 
 
 def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: str, path: Path, meta: dict,
@@ -96,11 +118,12 @@ def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: st
 
 
 def export(args: argparse.Namespace) -> list[Path]:
-    size = args.size
+    size = f"{args.size}-{args.variant}" if args.variant else args.size   # the model set
+    arch = args.size
     out = Path(args.out or MODELS_DIR)
     written = []
 
-    corr = CorrASL(size)
+    corr = CorrASL(arch)
     step, extra = checkpoint.load(RUNS / f"corrasl_{size}" / "checkpoint.pt", corr, None, None)
     if step == 0:
         raise SystemExit(f"no trained CorrASL {size} checkpoint")
@@ -118,8 +141,9 @@ def export(args: argparse.Namespace) -> list[Path]:
                  "input_px": px, **geo, **base})
         written.append(p)
     for mod in ("sar", "opt"):
-        g = Goodness(size)
-        gstep, gextra = checkpoint.load(RUNS / f"goodness_{mod}_{size}" / "checkpoint.pt", g, None, None)
+        g = Goodness(arch)
+        grun = run_for(f"goodness_{mod}", size)
+        gstep, gextra = checkpoint.load(grun / "checkpoint.pt", g, None, None)
         if gstep == 0:
             print(f"no goodness_{mod} checkpoint; skipped", flush=True)
             continue
@@ -131,10 +155,11 @@ def export(args: argparse.Namespace) -> list[Path]:
                                   "its centre is (32 i + 64, 32 j + 64)",
                  "label_thresholds": {"t_pos": gextra.get("t_pos"), "t_neg": gextra.get("t_neg"),
                                       "pos_error_px": 1.0, "neg_error_px": 2.5},
-                 **_common(size, gextra.get("seconds", 0.0), gstep)})
+                 **_common(size, gextra.get("seconds", 0.0), gstep, grun.name.endswith(size))})
         written.append(p)
-    o = ORN(size)
-    ostep, oextra = checkpoint.load(RUNS / f"orn_{size}" / "checkpoint.pt", o, None, None)
+    o = ORN(arch)
+    orun = run_for("orn", size)
+    ostep, oextra = checkpoint.load(orun / "checkpoint.pt", o, None, None)
     if ostep:
         p = out / f"orn_{size}.onnx"
         _export(_ORN(o), torch.randn(2, HEATMAP, HEATMAP), "heatmap", "reliability", p,
@@ -142,11 +167,12 @@ def export(args: argparse.Namespace) -> list[Path]:
                  "(N,65,65); min-max normalisation is inside the graph", "heatmap": HEATMAP,
                  "label_thresholds": {"t_pos": oextra.get("t_pos"), "t_neg": oextra.get("t_neg"),
                                       "pos_error_px": 1.0, "neg_error_px": 2.5},
-                 **_common(size, oextra.get("seconds", 0.0), ostep)}, spatial_dynamic=False)
+                 **_common(size, oextra.get("seconds", 0.0), ostep, orun.name.endswith(size))}, spatial_dynamic=False)
         written.append(p)
     return written
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=("lite", "full"), default="lite")
+    p.add_argument("--variant", default="", help="export the fine-tuned set SIZE-VARIANT (e.g. s1s2)")
     p.add_argument("--out", default=None, help="folder for the .onnx files (default: models/)")
