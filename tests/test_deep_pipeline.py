@@ -145,7 +145,9 @@ def test_deep_scene_run_stage_outputs(scene):
     rows = np.array([q.sar_row for q in pts])
     quads = {(int(r >= 512), int(c >= 512)) for r, c in zip(rows, cols)}
     assert len(quads) == 4
-    assert res.models["size"] in ("lite", "full") and res.models["provider"] in ("cpu", "cuda")
+    from engine.runtime.registry import default_set
+
+    assert res.models["size"] == default_set() and res.models["provider"] in ("cpu", "cuda")
     assert res.summary()["models"]["versions"]["orn"]
 
 

@@ -91,6 +91,27 @@ def test_widgets_become_match_params(dock):
     assert d.current_params().max_offset_px is None
 
 
+def test_model_set_choice_lists_installed_sets_and_reaches_the_engine(dock):
+    """The dock offers the default plus every installed model set, labelled with what it was trained on."""
+    from engine.runtime.registry import available_sizes, default_set
+
+    d = dock
+    values = [d.model_set.itemData(i) for i in range(d.model_set.count())]
+    sets = available_sizes()
+    if not sets:
+        assert values == [""] and d.model_set.itemText(0) == "Not installed"
+        return
+    assert values == [""] + sets
+    assert d.model_set.itemText(0) == f"Default ({default_set()})"
+    for i, s in enumerate(sets, start=1):
+        assert d.model_set.itemText(i).startswith(s + ": ")
+        assert ("Sentinel-1/2" in d.model_set.itemText(i)) == ("-s1s2" in s)
+    assert d.current_params().model_size is None         # default set: the engine decides
+    d._select(d.model_set, sets[-1])
+    assert d.current_params().model_size == sets[-1]
+    assert d.collect_settings().model_set == sets[-1]
+
+
 def test_settings_persist_between_sessions(plugin, qgis_iface, tmp_path):
     d = plugin.dock
     d._select(d.transform, "tps")

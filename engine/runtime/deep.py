@@ -57,6 +57,15 @@ def _goodness_cells(n: int) -> int:
     return m - 3
 
 
+def _goodness_blocks(n_cells: int, size: int, block: int):
+    """Per block along one axis: (its cells: centre in the block core, read start, read end)."""
+    centres = GOOD_STRIDE * np.arange(n_cells) + 64
+    for start in range(0, size, block):
+        cells = np.flatnonzero((centres >= start) & (centres < start + block))
+        if len(cells):
+            yield cells, max(start - GOOD_REACH, 0), min(start + block + GOOD_REACH, size)
+
+
 class DeepModels:
     """Loaded, verified sessions of one size variant."""
 
@@ -166,20 +175,8 @@ class DeepModels:
         if H <= block + 2 * GOOD_REACH and W <= block + 2 * GOOD_REACH:
             return self._run(name, self.to_input(unit)[None, None])[0, 0]
         out = np.empty((n_r, n_c), np.float32)
-        centres_r = GOOD_STRIDE * np.arange(n_r) + 64
-        centres_c = GOOD_STRIDE * np.arange(n_c) + 64
-        for r0 in range(0, H, block):
-            rows = np.flatnonzero((centres_r >= r0) & (centres_r < r0 + block))
-            if not len(rows):
-                continue
-            a = max(r0 - GOOD_REACH, 0)
-            b = min(r0 + block + GOOD_REACH, H)
-            for c0 in range(0, W, block):
-                cols = np.flatnonzero((centres_c >= c0) & (centres_c < c0 + block))
-                if not len(cols):
-                    continue
-                c = max(c0 - GOOD_REACH, 0)
-                d = min(c0 + block + GOOD_REACH, W)
+        for rows, a, b in _goodness_blocks(n_r, H, block):
+            for cols, c, d in _goodness_blocks(n_c, W, block):
                 g = self._run(name, self.to_input(unit[a:b, c:d])[None, None])[0, 0]
                 # block cell k is image cell a/32 + k
                 out[np.ix_(rows, cols)] = g[np.ix_(rows - a // GOOD_STRIDE, cols - c // GOOD_STRIDE)]
