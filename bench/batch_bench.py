@@ -113,45 +113,22 @@ def _large_pair(scenes: str, size: int) -> tuple[str, str]:
     return tile_pair_on_disk(sar, opt, Path(scenes), size)
 
 
-def _peak_rss_mb(pid: int = 0) -> float:
-    """VmHWM of a process (this one by default), MB: the pipeline's own high-water mark."""
-    try:
-        with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as fh:
-            return next(int(ln.split()[1]) / 1024.0 for ln in fh if ln.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return float("nan")
-
-
-def _single_process_run(sar: str, opt: str, n_target: int, out: str) -> dict:
-    """``match_pair`` + ``write_results`` in a fresh interpreter, so its peak RSS is its own."""
-    import json
-    import subprocess
-    import sys
-
-    code = ("import json,sys,time;from bench.batch_bench import _peak_rss_mb;"
-            "from engine.batch.manifest import parse_manifest_rows;from engine.pipeline import match_pair;"
-            "from engine.write_results import write_results;"
-            "(j,)=parse_manifest_rows([{'name':'large','sar':sys.argv[1],'optical':sys.argv[2],"
-            "'n_target':int(sys.argv[3])}]);t=time.perf_counter();r=match_pair(j.sar,j.optical,j.params);"
-            "write_results(r,sys.argv[4]);print(json.dumps({'seconds':time.perf_counter()-t,"
-            "'tiles':r.stats.n_tiles,'inliers':r.stats.n_inliers,'peak_rss_mb':_peak_rss_mb()}))")
-    cp = subprocess.run([sys.executable, "-c", code, sar, opt, str(n_target), out], cwd=ROOT,
-                        capture_output=True, text=True, check=False)
-    if cp.returncode:
-        raise RuntimeError(f"single-process run failed: {cp.stderr.strip().splitlines()[-1:]}")
-    return json.loads(cp.stdout.strip().splitlines()[-1])
-
-
 def _large(a, size: int, work: str, scenes: str, parse_manifest_rows, run_batch) -> dict:
+    from .memprobe import peak_rss_mb
+    from .speed import memory_probe
+
     t0 = time.perf_counter()
     sar, opt = _large_pair(scenes, size)
     print(f"large pair {size}² px ready ({time.perf_counter() - t0:.0f} s)", flush=True)
     (job,) = parse_manifest_rows([{"name": "large", "sar": sar, "optical": opt, "n_target": a.n_target}])
     single_dir = os.path.join(work, f"large{size}_single")
     shutil.rmtree(single_dir, ignore_errors=True)
-    one = _single_process_run(sar, opt, a.n_target, single_dir)
+    # match_pair + write_results (what `python -m engine match` does) in a fresh interpreter: its own peak RSS
+    one = memory_probe(sar, opt, job.params.method, timeout_s=3600, n_target=a.n_target, out_dir=single_dir)
+    if one.get("error"):
+        raise RuntimeError(f"single-process run failed: {one['error']}")
     single = one["seconds"]
-    print(f"single process: {single:.1f} s ({one['tiles']} tiles, {one['inliers']} inliers, "
+    print(f"single process: {single:.1f} s ({one['n_tiles']} tiles, {one['n_inliers']} inliers, "
           f"peak {one['peak_rss_mb']:.0f} MB)", flush=True)
     client, cluster, start_s = _cluster(a.large_workers)
     try:
@@ -160,7 +137,7 @@ def _large(a, size: int, work: str, scenes: str, parse_manifest_rows, run_batch)
         t = time.perf_counter()
         rep = run_batch([job], out, client=client, tile_pixels=0, force=True)
         tiled = time.perf_counter() - t
-        worker_peak = max(client.run(_peak_rss_mb).values())
+        worker_peak = max(client.run(peak_rss_mb).values())
     finally:
         _close(client, cluster)
     (o,) = rep.outcomes
@@ -169,7 +146,7 @@ def _large(a, size: int, work: str, scenes: str, parse_manifest_rows, run_batch)
     print(f"tiled on {a.large_workers} workers: {tiled:.1f} s ({o.tiles} tiles, {o.tasks} tasks), "
           f"speed-up {single / tiled:.2f}x, .points identical: {same}, worker peak {worker_peak:.0f} MB", flush=True)
     return {"size": size, "single_s": single, "tiled_s": tiled, "workers": a.large_workers, "tiles": o.tiles,
-            "tasks": o.tasks, "identical": same, "status": o.status, "inliers": one["inliers"],
+            "tasks": o.tasks, "identical": same, "status": o.status, "inliers": one["n_inliers"],
             "start_s": start_s, "single_peak_mb": one["peak_rss_mb"], "worker_peak_mb": worker_peak,
             "tiled_from_4096": size > 4096}
 

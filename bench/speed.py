@@ -61,9 +61,11 @@ def end_to_end(sar: str, opt: str, method: str, n_target: int = 300) -> dict:
         return {"method": method, "seconds": time.perf_counter() - t0, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def memory_probe(sar: str, opt: str, method: str, timeout_s: int, n_target: int = 300) -> dict:
-    """Run one pipeline pass in a fresh interpreter; its peak RSS isolates this run from the bench's."""
-    cmd = [sys.executable, "-m", "bench.memprobe", sar, opt, method, str(n_target)]
+def memory_probe(sar: str, opt: str, method: str, timeout_s: int, n_target: int = 300,
+                 out_dir: str = "") -> dict:
+    """Run one pipeline pass in a fresh interpreter; its peak RSS isolates this run from the bench's.
+    With ``out_dir`` the run also writes all outputs there (timed with the matching)."""
+    cmd = [sys.executable, "-m", "bench.memprobe", sar, opt, method, str(n_target)] + ([out_dir] if out_dir else [])
     t0 = time.perf_counter()
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,

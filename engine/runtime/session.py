@@ -63,7 +63,7 @@ def make_session(path: Path, provider: str = "auto", threads: Optional[int] = No
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or _threads()
     so.inter_op_num_threads = 1
-    if not arena or os.environ.get("SOM_NO_ARENA"):
+    if not arena:
         so.enable_cpu_mem_arena = False
     so.log_severity_level = 3
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 from pathlib import Path
 
@@ -42,10 +43,13 @@ COMMANDS = {
 }
 
 
-def _ckpt_extra(run: str, size: str) -> dict:
+@functools.lru_cache(maxsize=None)
+def _ckpt_extra(run_dir: Path) -> dict:
+    """Step, timings, args and validation of the checkpoint in ``run_dir`` (read once per run: both
+    CorrASL streams share one)."""
     import torch
 
-    p = RUNS / f"{run}_{size}" / "checkpoint.pt"
+    p = run_dir / "checkpoint.pt"
     if not p.exists():
         return {}
     st = torch.load(p, map_location="cpu", weights_only=False)
@@ -144,8 +148,7 @@ def _stamp_set(size: str, bm: dict, bench: dict, extras: dict, onnx, sha256_of) 
         path = MODELS_DIR / f"{net}_{size}.onnx"
         if not path.exists():
             raise SystemExit(f"{path} missing: run the export stage first")
-        run = run_for(RUN_OF[net], size)  # a fine-tuned set re-uses the base size's goodness/ORN runs
-        ex = _ckpt_extra(RUN_OF[net], run.name[len(RUN_OF[net]) + 1:])
+        ex = _ckpt_extra(run_for(RUN_OF[net], size))  # a fine-tuned set re-uses the base goodness/ORN runs
         extras[(size, net)] = ex
         val = {k: v for k, v in ex.items() if k.startswith("val_")}
         keep = _set_methods(size, net)
@@ -195,12 +198,12 @@ def _finetune_text(size: str, model_set: str, extras: dict) -> list[str]:
     if cache.exists():
         import numpy as np
 
-        z = np.load(cache, allow_pickle=True)
-        info = list(z["info"])
-        shifts = {}
-        for i in info:
-            shifts.setdefault(i["stem"], (i["label_shift_px"], i["agreeing_matches"]))
-        mags = np.array([np.hypot(*v[0]) for v in shifts.values()])
+        from .realpool import build_real_pool, label_shifts
+
+        pool = build_real_pool(cache)  # the cached pool as trained on
+        info = pool.info
+        shifts = label_shifts(pool)
+        mags = np.array([np.hypot(*v["shift_px"]) for v in shifts.values()])
         fixed = int(np.sum(mags > 0))
         L += ["", f"Label refinement (the published registration is good to about ±3 px, too loose to teach ≤1 px): "
               f"{fixed} of {len(shifts)} training fragments had their residual shift re-estimated as the median "
