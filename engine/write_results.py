@@ -20,7 +20,7 @@ from .errors import OutputError
 from .outputs.atomic import _remove_with_sidecars, check_output_path, temp_sibling
 from .outputs.checkerboard import write_checkerboard_png
 from .outputs.gpkg import write_tiepoints_gpkg
-from .outputs.points_file import write_points
+from .outputs.points_file import write_optical_points
 from .outputs.warp import warp_with_transform
 from .pipeline import MatchResult
 from .progress import CancelToken, ProgressCallback
@@ -75,7 +75,8 @@ def write_results(result: MatchResult, out_dir: str, corrected: bool = True, che
 
     try:
         progress(0.0, "Writing tie points")
-        write_points(stage(paths.points), result.tieset, source_georeferenced=True)
+        # Source coordinates in the optical raster's own CRS (not the SAR working CRS): as QGIS reads them.
+        write_optical_points(stage(paths.points), result.tieset, result.pair.opt_info.transform)
         write_tiepoints_gpkg(stage(paths.gpkg), result.tieset)
         cancel.check()
         sar_thumb = None

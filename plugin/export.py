@@ -1,9 +1,9 @@
 """GCP exports of the reviewed tie points: a Georeferencer ``.points`` file and a GDAL VRT with GCPs.
 
 Both are written by the engine's writers; this module only turns the review state into their inputs.
-The ``.points`` source coordinates are computed from the optical raster's own geotransform (not the
-matching grid), which is what the Georeferencer expects even when the optical raster is stored in
-another CRS than the SAR.
+The ``.points`` file is written by ``write_optical_points``, the writer of the run's own file too: the
+source coordinates come from the optical raster's own geotransform (not the matching grid), which is
+what the Georeferencer expects even when the optical raster is stored in another CRS than the SAR.
 """
 from __future__ import annotations
 
@@ -11,23 +11,10 @@ import math
 import os
 from typing import Optional
 
-from osgeo import gdal
-
-from ..engine.errors import InputError, TooFewPointsError
-from ..engine.outputs.points_file import write_points
+from ..engine.errors import TooFewPointsError
+from ..engine.outputs.points_file import write_optical_points
 from ..engine.outputs.warp import write_gcp_vrt
 from ..engine.types import TieSet
-
-
-def optical_geotransform(path: str) -> tuple[float, ...]:
-    ds = gdal.Open(path)
-    if ds is None:
-        raise InputError(f"Cannot open the optical raster '{path}'.")
-    gt = ds.GetGeoTransform(can_return_null=True)
-    ds = None
-    if gt is None:
-        raise InputError(f"The optical raster '{path}' has no geotransform.")
-    return tuple(float(v) for v in gt)
 
 
 def inlier_gcps(tieset: TieSet) -> list[tuple[float, float, float, float]]:
@@ -46,8 +33,7 @@ def export_gcps(tieset: TieSet, opt_path: str, points_path: str, vrt_path: Optio
     if not any(p.status == "inlier" for p in tieset.points):
         raise TooFewPointsError("There is no enabled (inlier) tie point to export.")
     os.makedirs(os.path.dirname(os.path.abspath(points_path)), exist_ok=True)
-    n = write_points(points_path, tieset, source_georeferenced=True,
-                     opt_transform=optical_geotransform(opt_path), include_flagged=include_flagged)
+    n = write_optical_points(points_path, tieset, opt_path, include_flagged=include_flagged)
     vrt = None
     if vrt_path:
         vrt = str(write_gcp_vrt(opt_path, vrt_path, inlier_gcps(tieset), tieset.crs_wkt))

@@ -3,7 +3,7 @@ corrected rasters and quick-look images. All writes are atomic (see ``atomic.ato
 from .atomic import atomic_path, check_output_path
 from .checkerboard import checkerboard, stretch_to_uint8, write_checkerboard_png
 from .gpkg import read_tiepoints_gpkg, write_tiepoints_gpkg
-from .points_file import PointsFile, read_points, write_points
+from .points_file import PointsFile, optical_geotransform, read_points, write_optical_points, write_points
 from .warp import (
     compose_geotransform,
     shift_georeference,
@@ -19,6 +19,7 @@ __all__ = [
     "check_output_path",
     "checkerboard",
     "compose_geotransform",
+    "optical_geotransform",
     "read_points",
     "read_tiepoints_gpkg",
     "shift_georeference",
@@ -28,6 +29,7 @@ __all__ = [
     "warp_with_transform",
     "write_checkerboard_png",
     "write_gcp_vrt",
+    "write_optical_points",
     "write_points",
     "write_tiepoints_gpkg",
 ]

@@ -26,9 +26,16 @@ What QGIS does (read from the QGIS sources, src/app/georeferencer/):
   ``(col, -row)`` with the pixel-corner origin: pixel centre [r, c] is (c + 0.5, -(r + 0.5)).
 
 So for our optical raster, which *is* georeferenced (just wrongly), ``sourceX/sourceY`` are the
-optical's current map coordinates (``TiePoint.opt_x/opt_y``) and ``mapX/mapY`` the true SAR
-positions; for a non-georeferenced copy, or for QGIS releases older than that rework (3.20 and
-the first 3.22 point releases), they are ``(opt_col, -opt_row)`` (``source_georeferenced=False``).
+optical's current map coordinates *in the optical raster's own CRS* (its geotransform applied to
+``TiePoint.opt_col/opt_row``; ``TiePoint.opt_x/opt_y`` are in the matching grid's CRS and equal
+them only when the optical is stored in that CRS) and ``mapX/mapY`` the true SAR positions in the
+CRS the ``#CRS:`` line names (the tie set's, i.e. the SAR working CRS); for a non-georeferenced
+copy, or for QGIS releases older than that rework (3.20 and the first 3.22 point releases), they
+are ``(opt_col, -opt_row)`` (``source_georeferenced=False``).
+
+Every front end (the CLI, batch, Processing and the dock's run through ``write_results``, the
+dock's *Export GCPs*) writes the file with ``write_optical_points``, so the files agree whatever the
+two rasters' CRSs.
 
 Flagged tie points are written with ``enable=0``: QGIS shows them in the GCP table (the analyst can
 see why the run rejected them and re-enable one) but excludes them from its transform.
@@ -36,6 +43,7 @@ see why the run rejected them and re-enable one) but excludes them from its tran
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -82,6 +90,49 @@ class PointsFile:
         return len(self.map_xy)
 
 
+def optical_geotransform(optical: Union[PathLike, GeoTransform]) -> tuple[float, ...]:
+    """The GDAL geotransform of the optical raster, as QGIS sees it: from its path (read with GDAL),
+    a rasterio ``Affine`` or a 6-value GDAL geotransform. ``InputError`` when it has none."""
+    to_gdal = getattr(optical, "to_gdal", None)
+    if callable(to_gdal):                       # rasterio / affine Affine
+        return tuple(float(v) for v in to_gdal())
+    if not isinstance(optical, (str, os.PathLike)):
+        gt = tuple(float(v) for v in optical)
+        if len(gt) != 6:
+            raise InputError(f"A geotransform has 6 values, got {len(gt)}")
+        return gt
+    from osgeo import gdal
+
+    from ._gdal import gdal_errors
+
+    with gdal_errors():
+        ds = gdal.Open(str(optical))
+    if ds is None:
+        raise InputError(f"Cannot open the optical raster '{optical}'.")
+    gt = ds.GetGeoTransform(can_return_null=True)
+    ds = None
+    if gt is None:
+        raise InputError(f"The optical raster '{optical}' has no geotransform.")
+    return tuple(float(v) for v in gt)
+
+
+def write_optical_points(
+    path: PathLike,
+    tieset: TieSet,
+    optical: Union[PathLike, GeoTransform],
+    *,
+    include_flagged: bool = True,
+) -> int:
+    """The ``.points`` file of a run for the QGIS Georeferencer: the one writer every front end uses.
+
+    ``sourceX/sourceY`` are the optical raster's map coordinates in *its own* CRS (``optical``: its
+    path, or its geotransform, see ``optical_geotransform``), ``mapX/mapY`` the SAR positions in
+    ``tieset.crs_wkt``, the CRS the ``#CRS:`` line names. Returns the number of rows written.
+    """
+    return write_points(path, tieset, source_georeferenced=True, opt_transform=optical_geotransform(optical),
+                        include_flagged=include_flagged)
+
+
 def write_points(
     path: PathLike,
     tieset: TieSet,
@@ -97,8 +148,9 @@ def write_points(
 
     * ``source_georeferenced=True``: ``opt_x/opt_y``, unless ``opt_transform`` is given, which maps
       ``(opt_col, opt_row)`` to the optical raster's *own* CRS, either as a GDAL geotransform
-      6-tuple or a callable ``(cols, rows) -> (xs, ys)``. Use it when the optical raster is stored
-      in another CRS than the tie set (QGIS expects source coordinates in the source layer's CRS).
+      6-tuple or a callable ``(cols, rows) -> (xs, ys)``. ``opt_x/opt_y`` are right only when the
+      optical raster is stored in the tie set's CRS (QGIS expects source coordinates in the source
+      layer's CRS): a run's file is written with ``write_optical_points``, which always passes it.
     * ``source_georeferenced=False``: ``(opt_col, -opt_row)``, QGIS's convention for rasters
       without georeference.
 
