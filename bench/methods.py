@@ -56,6 +56,37 @@ def _engine_method(name: str) -> Callable[[np.ndarray, np.ndarray], PatchOutcome
     return run
 
 
+SP_MODELS_ENV = "SOM_SP_MODELS"
+"""Folder with ``corrasl_{sar,opt}_<set>.onnx`` to benchmark a CorrASL-SP export before it is installed
+(default: the shipped models folder)."""
+
+
+def _sp_method(model_set: str = "sp") -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
+    """CorrASL with the structural prior (stride-1 features, ZNCC heatmap), same keep rule as structural."""
+    import os
+    from pathlib import Path
+
+    from engine.params import MatchParams
+    from engine.runtime.registry import MODELS_DIR
+    from engine.runtime.sp import SPFeatures
+
+    d = Path(os.environ.get(SP_MODELS_ENV) or MODELS_DIR)
+    feats = SPFeatures(d / f"corrasl_sar_{model_set}.onnx", d / f"corrasl_opt_{model_set}.onnx", "cpu", threads=1)
+    min_q = MatchParams().min_quality
+
+    def run(search: np.ndarray, template: np.ndarray) -> PatchOutcome:
+        try:
+            m = feats.match_patch(search, template)
+        except Exception as exc:
+            return PatchOutcome((math.nan, math.nan), error=f"{type(exc).__name__}: {exc}")
+        radius = (search.shape[0] - template.shape[0]) // 2
+        on_edge = max(abs(m.peak[0]), abs(m.peak[1])) >= radius
+        q = float(m.quality)
+        return PatchOutcome((float(m.offset[0]), float(m.offset[1])), q, bool(q >= min_q and not on_edge))
+
+    return run
+
+
 def _peer(module_name: str) -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
     import importlib
 
@@ -170,6 +201,8 @@ def available_methods(names: Optional[list[str]] = None) -> tuple[list[PatchMeth
          f"min(SAR, optical goodness) >= {DEEP_THRESHOLD} (search centre / template)"),
         ("deep_full", "Goodness + CorrASL + ORN (ours, deep)", "deep", lambda: _deep_method("deep_full"),
          f"goodness and ORN both >= {DEEP_THRESHOLD}"),
+        ("corrasl_sp", "CorrASL-SP alone: structural prior + learned residual (ours, deep)", "deep",
+         lambda: _sp_method("sp"), f"peak quality >= {q}, not on the window edge"),
         ("corrasl_s1s2", "CorrASL alone, fine-tuned on s1s2 train split (ours, deep)", "deep",
          lambda: _deep_method("corrasl", model_set=FINETUNED_SET), "peak not on the heatmap edge"),
         ("deep_full_s1s2", "Goodness + CorrASL + ORN, CorrASL fine-tuned on s1s2 (ours, deep)", "deep",
@@ -188,6 +221,6 @@ def available_methods(names: Optional[list[str]] = None) -> tuple[list[PatchMeth
 
 
 METHOD_ORDER = ("ncc", "mi", "structural", "sift_ransac", "arosics", "corrasl", "corrasl_orn", "goodness_corrasl",
-                "deep_full", "corrasl_s1s2", "deep_full_s1s2")
+                "deep_full", "corrasl_s1s2", "deep_full_s1s2", "corrasl_sp")
 REFERENCE_METHOD = "ncc"
 """Speed ratios ("computational units") are relative to this method."""

@@ -82,8 +82,29 @@ def volkov_stems(root: Path) -> list[str]:
     return sorted(n for n in (p.name[:-len("_sar.tif")] for p in (root / "s1s2_volkov").glob("*_sar.tif")) if n in test)
 
 
+REAL_SPLITS = Path(__file__).resolve().parents[1] / "models" / "training" / "real_splits.json"
+"""Declared train/test splits of srif_aligned, airborne_lzk2211 and whu_opt_sar_sample (committed before
+any training on them); the benchmark reads the test sides only."""
+
+
+def real_splits() -> dict:
+    import json
+
+    return json.loads(REAL_SPLITS.read_text(encoding="utf-8"))
+
+
 def srif_ids(root: Path) -> list[str]:
-    return sorted((p.name[:-len("_sar.png")] for p in (root / "srif_aligned").glob("*_sar.png")), key=int)
+    """The srif_aligned chips of the declared test split that are present."""
+    test = set(real_splits()["srif_aligned"]["test"])
+    return sorted((n for n in (p.name[:-len("_sar.png")] for p in (root / "srif_aligned").glob("*_sar.png"))
+                   if n in test), key=int)
+
+
+def lzk_test_range(root: Path) -> tuple[int, int]:
+    """(first, end) rows of ``lzk_points`` in the declared test column (optical x >= test_min_x)."""
+    pts = lzk_points(root)
+    test = np.flatnonzero(pts[:, 0] >= real_splits()["airborne_lzk2211"]["test_min_x"])
+    return int(test.min()), int(test.max()) + 1
 
 
 def lzk_points(root: Path) -> np.ndarray:
@@ -124,7 +145,11 @@ def build_real_pairs(loader: str, arg, n_pairs: int, rng: np.random.Generator) -
             opt_raw = _read_tif(root / loader / "optical_WHU-OPT-SAR.tif")
         sar, sv = _sar_unit(sar_raw)
         opt, ov = _opt_unit(opt_raw)
-        return pairs_from_coregistered(sar, opt, sv & ov, n_pairs, rng, loader, loader)
+        valid = sv & ov
+        if loader == "whu_opt_sar_sample":  # the declared test rows only (windows never cross into training rows)
+            a, b = real_splits()["whu_opt_sar_sample"]["test_rows"]
+            sar, opt, valid = sar[a:b], opt[a:b], valid[a:b]
+        return pairs_from_coregistered(sar, opt, valid, n_pairs, rng, loader, loader)
     if loader == "srif_aligned":
         return _srif_pairs(root, str(arg), n_pairs, rng)
     if loader == "airborne_lzk2211":
@@ -157,6 +182,7 @@ def _srif_pairs(root: Path, i: str, n_pairs: int, rng: np.random.Generator) -> l
 def _lzk_pairs(root: Path, idx: tuple[int, int], rng: np.random.Generator) -> list[PatchPair]:
     """Pairs for tie points idx[0]:idx[1] (integer offsets: the labels are integer pixels)."""
     pts = lzk_points(root)[idx[0]:idx[1]]
+    pts = pts[pts[:, 0] >= real_splits()["airborne_lzk2211"]["test_min_x"]]   # declared test column only
     sar, _ = _sar_unit(_lzk_mosaic(root, "SAR"))
     opt, _ = _opt_unit(_lzk_mosaic(root, "OPT"))
     h, w = sar.shape
@@ -199,11 +225,13 @@ def real_patch_tasks(mode_full: bool, methods: tuple[str, ...]):
             items = items[:: max(1, len(items) // limit)][:limit]
         tasks += [PatchTask(name, it, per, methods) for it in items]
     if (root / "airborne_lzk2211").is_dir():
-        n = len(lzk_points(root))
+        first, end = lzk_test_range(root)
+        n = end - first
         if not mode_full:
             n = min(n, 80)
         step = max(1, (n + 3) // 4)
-        tasks += [PatchTask("airborne_lzk2211", (a, min(a + step, n)), step, methods) for a in range(0, n, step)]
+        tasks += [PatchTask("airborne_lzk2211", (first + a, first + min(a + step, n)), step, methods)
+                  for a in range(0, n, step)]
     else:
         notes.append("airborne_lzk2211: folder absent, skipped")
     return tasks, notes
