@@ -131,27 +131,56 @@ def run_models() -> int:
     return 1 if bad else 0
 
 
-def _install_sigint(token: CancelToken):
+def _install_sigint(token: CancelToken, received: Optional[list] = None) -> dict:
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, a job scheduler, a closing session) both cancel through
+    ``token``, so partial outputs are removed the same way; the first signal is appended to
+    ``received``. Returns {signal: previous handler} for ``_restore_signals``."""
     def handler(signum, frame):
+        if received is not None and not received:
+            received.append(signum)
         token.cancel()
-    try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not in the main thread
-        return None
+    old = {}
+    for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+        if sig is None:
+            continue
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # not in the main thread
+            pass
+    return old
+
+
+def _restore_signals(old: dict) -> None:
+    for sig, handler in old.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def _cancelled_status(received: list, exc: BaseException) -> tuple[str, int]:
+    """What a cancelled run prints and its exit status: 130 for Ctrl-C, 143 (128 + 15) for SIGTERM."""
+    if received and received[0] == getattr(signal, "SIGTERM", None):
+        return "terminated: stopped by SIGTERM.", 143
+    return f"cancelled: {exc}", 130
 
 
 def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool, corrected: bool,
               checkerboard: bool, truth: Optional[str] = None) -> int:
+    from .outputs.lock import OutputLock, remove_stale_temporaries
     from .pipeline import match_pair
     from .write_results import ensure_writable_dir, write_results
 
     token = CancelToken()
-    old = _install_sigint(token)
+    received: list = []
+    old = _install_sigint(token, received)
     bar = None if quiet else ConsoleProgressBar()
     made_out = not os.path.exists(out)
     ok = False
+    lock = None
     try:
         ensure_writable_dir(out)
+        # One run per output folder; only the holder removes what a killed run left there.
+        lock = OutputLock(out).acquire()
+        remove_stale_temporaries(out, before=lock.acquired_at)
         t0 = time.perf_counter()
         result = match_pair(sar, optical, params, progress=bar, cancel=token)
         extra = {}
@@ -167,8 +196,9 @@ def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool
         ok = True
         return 0
     except CancelledError as exc:
-        print(f"\ncancelled: {exc} Partial outputs were removed.", file=sys.stderr)
-        return 130
+        head, status = _cancelled_status(received, exc)
+        print(f"\n{head} Partial outputs were removed.", file=sys.stderr)
+        return status
     except MatcherError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
@@ -177,8 +207,9 @@ def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool
               file=sys.stderr)
         return 2
     finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+        if lock is not None:
+            lock.release()
+        _restore_signals(old)
         if not ok and made_out and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)  # a failed run leaves no empty output folder behind either
 

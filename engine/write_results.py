@@ -20,6 +20,7 @@ from .errors import OutputError
 from .outputs.atomic import _remove_with_sidecars, check_output_path, temp_sibling
 from .outputs.checkerboard import write_checkerboard_png
 from .outputs.gpkg import write_tiepoints_gpkg
+from .outputs.lock import OutputLock, remove_stale_temporaries
 from .outputs.points_file import write_optical_points
 from .outputs.warp import warp_with_transform
 from .pipeline import MatchResult
@@ -57,10 +58,24 @@ def _thumb_step(shape: tuple[int, ...]) -> int:
 
 def write_results(result: MatchResult, out_dir: str, corrected: bool = True, checkerboard: bool = True,
                   extra_summary: Optional[dict] = None, progress: Optional[ProgressCallback] = None,
-                  cancel: Optional[CancelToken] = None) -> OutputPaths:
+                  cancel: Optional[CancelToken] = None, lock: bool = True) -> OutputPaths:
+    """Write the run's outputs into ``out_dir`` as one set (see the module docstring), holding the
+    folder's ``OutputLock`` (nested when the caller holds it already); hidden temporaries that a
+    killed run left there are removed first. ``lock=False``: the caller vouches that no other run
+    writes to ``out_dir`` and cleans it itself (a batch holds the lock of the folder above)."""
+    ensure_writable_dir(out_dir)  # OutputError, not a raw OSError, for a folder that cannot be made
+    if not lock:
+        return _write_results_locked(result, out_dir, corrected, checkerboard, extra_summary, progress, cancel)
+    with OutputLock(out_dir) as held:
+        remove_stale_temporaries(out_dir, before=held.acquired_at)
+        return _write_results_locked(result, out_dir, corrected, checkerboard, extra_summary, progress, cancel)
+
+
+def _write_results_locked(result: MatchResult, out_dir: str, corrected: bool, checkerboard: bool,
+                          extra_summary: Optional[dict], progress: Optional[ProgressCallback],
+                          cancel: Optional[CancelToken]) -> OutputPaths:
     cancel = cancel or CancelToken()
     progress = progress or (lambda f, s: None)
-    ensure_writable_dir(out_dir)  # OutputError, not a raw OSError, for a folder that cannot be made
     paths = output_paths(result, out_dir, corrected, checkerboard)
     inputs = [result.pair.sar_info.path, result.pair.opt_info.path]
     for p in asdict(paths).values():
@@ -118,15 +133,63 @@ def write_results(result: MatchResult, out_dir: str, corrected: bool = True, che
 
 
 def _commit(staged: list[tuple[str, str]]) -> None:
-    """Rename every staged file onto its final name (same folder: atomic renames), with its GDAL
-    side-car; a stale side-car of a replaced file is removed."""
-    for tmp, final in staged:
-        os.replace(tmp, final)
-        tmp_aux, final_aux = tmp + ".aux.xml", final + ".aux.xml"
-        if os.path.exists(tmp_aux):
-            os.replace(tmp_aux, final_aux)
-        elif os.path.exists(final_aux):
-            os.remove(final_aux)
+    """Switch the folder from its previous result set to the staged one, all at once or not at all.
+
+    Every old file the new set replaces (with its GDAL side-car) is first renamed aside, the old
+    ``summary.json`` first; then every staged file (with its side-car) is renamed onto its final
+    name, ``summary.json`` last: it is the commit mark, so a run killed half-way leaves no summary
+    and a batch re-runs the pair instead of trusting a mix. Renames stay in one folder (atomic). If
+    any rename fails (a file open in another program on Windows, an immutable file...), the new
+    files are removed and the old ones renamed back: the folder holds the previous set, whole."""
+    order = sorted(staged, key=lambda s: os.path.basename(s[1]) == "summary.json")  # the summary last
+    old = [p for _tmp, f in reversed(order) for p in (f, f + ".aux.xml") if os.path.lexists(p)]
+    aside: list[tuple[str, str]] = []  # (final, backup) of the previous set
+    placed: list[str] = []  # new files already under their final name
+    current = ""
+    try:
+        for current in old:
+            backup = str(temp_sibling(current))
+            os.replace(current, backup)
+            aside.append((current, backup))
+        for tmp, current in order:
+            if os.path.exists(tmp + ".aux.xml"):
+                os.replace(tmp + ".aux.xml", current + ".aux.xml")
+                placed.append(current + ".aux.xml")
+            os.replace(tmp, current)
+            placed.append(current)
+    except BaseException as exc:
+        kept = _roll_back(placed, aside)
+        if not isinstance(exc, OSError):
+            raise
+        folder = os.path.dirname(current) or "."
+        msg = (f"Cannot put the new results in place in '{folder}' ({os.path.basename(current)}: "
+               f"{exc.strerror or exc}); the previous results there are kept unchanged. Close any program "
+               "that has them open (QGIS on Windows locks open files) and run again.")
+        if kept:
+            msg += " Could not restore " + ", ".join(f"{os.path.basename(f)} (kept as {os.path.basename(b)})"
+                                                     for f, b in kept) + "."
+        raise OutputError(msg) from exc
+    for _final, backup in aside:
+        _remove_with_sidecars(Path(backup))
+
+
+def _roll_back(placed: list[str], aside: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Undo a partial ``_commit``: remove the new files, rename the old ones back. Returns the old
+    files that could not be restored, as (final, backup)."""
+    for p in reversed(placed):
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+        except OSError:  # cannot happen for a file this run just renamed; keep going regardless
+            pass
+    kept = []
+    for final, backup in reversed(aside):
+        try:
+            os.replace(backup, final)
+        except OSError:
+            kept.append((final, backup))
+    return kept
 
 
 def _json_default(o):

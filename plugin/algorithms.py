@@ -128,6 +128,7 @@ class MatchAlgorithm(_Base):
             self.addOutput(QgsProcessingOutputNumber(key, label))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        from ..engine.outputs.lock import OutputLock
         from ..engine.outputs.warp import warp_with_transform
         from ..engine.pipeline import match_pair
         from ..engine.write_results import ensure_writable_dir, write_results
@@ -159,12 +160,13 @@ class MatchAlgorithm(_Base):
         token = _token(feedback)
         try:
             ensure_writable_dir(folder)
-            result = match_pair(sar, opt, params, progress=_progress(feedback, 0.0, 0.85), cancel=token)
-            paths = write_results(result, folder, corrected=False, checkerboard=False,
-                                  progress=_progress(feedback, 0.85, 0.05), cancel=token)
-            if corrected:
-                warp_with_transform(opt, corrected, result.transform, result.tieset.crs_wkt,
-                                    progress=_progress(feedback, 0.9, 0.1), cancel=token)
+            with OutputLock(folder):  # one run per folder: a second one is refused, never interleaved
+                result = match_pair(sar, opt, params, progress=_progress(feedback, 0.0, 0.85), cancel=token)
+                paths = write_results(result, folder, corrected=False, checkerboard=False,
+                                      progress=_progress(feedback, 0.85, 0.05), cancel=token)
+                if corrected:
+                    warp_with_transform(opt, corrected, result.transform, result.tieset.crs_wkt,
+                                        progress=_progress(feedback, 0.9, 0.1), cancel=token)
         except MatcherError as exc:
             raise QgsProcessingException(str(exc)) from exc
         st = result.stats

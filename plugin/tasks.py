@@ -105,6 +105,7 @@ class MatchTask(EngineTask):
         self.paths = None
 
     def work(self) -> None:
+        from ..engine.outputs.lock import OutputLock
         from ..engine.pipeline import match_pair
         from ..engine.write_results import ensure_writable_dir, write_results
 
@@ -112,10 +113,11 @@ class MatchTask(EngineTask):
             if not os.path.isdir(d):
                 ensure_writable_dir(d)
                 self._made.append(d)
-        self.result = match_pair(self.sar_path, self.opt_path, self.params,
-                                 progress=lambda f, s: self.report(0.95 * f, s), cancel=self.token)
-        self.paths = write_results(self.result, self.run_dir, corrected=False, checkerboard=True,
-                                   progress=lambda f, s: self.report(0.95 + 0.05 * f, s), cancel=self.token)
+        with OutputLock(self.run_dir):  # like the CLI: the run holds its folder from the start
+            self.result = match_pair(self.sar_path, self.opt_path, self.params,
+                                     progress=lambda f, s: self.report(0.95 * f, s), cancel=self.token)
+            self.paths = write_results(self.result, self.run_dir, corrected=False, checkerboard=True,
+                                       progress=lambda f, s: self.report(0.95 + 0.05 * f, s), cancel=self.token)
         self.report(1.0, "Done")
 
     def cleanup(self) -> None:

@@ -31,13 +31,12 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
+    from ..cli import _install_sigint, _restore_signals
     from .runner import BatchCancelled, run_batch
 
     token = CancelToken()
-    try:
-        old = signal.signal(signal.SIGINT, lambda s, f: token.cancel())
-    except ValueError:  # pragma: no cover - not in the main thread
-        old = None
+    received: list = []
+    old = _install_sigint(token, received)  # Ctrl-C and SIGTERM both cancel the batch cleanly
     bar = None if a.quiet else ConsoleProgressBar(width=30)
 
     def log(msg: str) -> None:
@@ -50,14 +49,17 @@ def run(a: argparse.Namespace) -> int:
                         tile_pixels=int(a.tile_pixels * 1e6), retries=a.retries, force=a.force, progress=bar,
                         cancel=token, log=log)
     except BatchCancelled as exc:
+        if received and received[0] == getattr(signal, "SIGTERM", None):
+            print(f"\nterminated: stopped by SIGTERM. Completed pairs are kept and a re-run resumes the rest. "
+                  f"Summary: {exc.report.csv}", file=sys.stderr)
+            return 143
         print(f"\ncancelled: {exc} Summary: {exc.report.csv}", file=sys.stderr)
         return 130
     except MatcherError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+        _restore_signals(old)
     if bar is not None:
         bar(1.0, "batch finished")
     n = len(rep.outcomes)

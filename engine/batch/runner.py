@@ -127,16 +127,55 @@ def run_batch(jobs: list[PairJob] | str, out_dir: str, *, client=None, scheduler
     ``client``: an existing ``distributed.Client`` (kept open); otherwise one is made from
     ``scheduler``/``workers`` and closed at the end. ``tile_pixels``: grid size above which a pair is
     split into tile tasks. ``force``: re-run pairs already done. Returns the outcomes of all pairs;
-    the summary table is in ``out_dir/batch_summary.csv`` (and ``.gpkg``)."""
-    from distributed import wait
+    the summary table is in ``out_dir/batch_summary.csv`` (and ``.gpkg``).
 
+    The batch holds ``out_dir``'s ``OutputLock`` throughout (a second batch or run there is refused)
+    and first removes what a killed run left in it and in the pairs' folders. A manifest error is
+    raised before ``out_dir`` is created; a batch that fails leaves no empty ``out_dir`` it created."""
+    from ..outputs.lock import OutputLock
     from ..write_results import ensure_writable_dir
 
     t_start = time.perf_counter()
-    ensure_writable_dir(out_dir)
     if isinstance(jobs, str):
-        jobs = load_manifest(jobs, out_dir)
+        jobs = load_manifest(jobs, out_dir)  # before anything is created: a bad manifest leaves no --out
     jobs = [dataclasses.replace(j, out_dir=os.path.join(out_dir, j.name)) for j in jobs]
+    made = not os.path.exists(out_dir)
+    lock = None
+    try:
+        ensure_writable_dir(out_dir)
+        lock = OutputLock(out_dir).acquire()
+        _remove_stale(out_dir, jobs, lock.acquired_at)
+        return _run_locked(jobs, out_dir, client=client, scheduler=scheduler, workers=workers, processes=processes,
+                           tile_pixels=tile_pixels, retries=retries, force=force, progress=progress, cancel=cancel,
+                           log=log, tiling=tiling, t_start=t_start)
+    finally:
+        if lock is not None:
+            lock.release()
+        if made and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+
+
+def _remove_stale(out_dir: str, jobs: list[PairJob], before: float) -> None:
+    """What a killed batch left (the caller holds ``out_dir``'s lock): hidden temporaries in ``out_dir``
+    and the pairs' folders (the workers write there under this lock) and the summary table's temporaries."""
+    from ..outputs.lock import remove_stale_temporaries
+
+    remove_stale_temporaries(out_dir, before)
+    for name in ("batch_summary.csv.tmp", "batch_summary.tmp.gpkg", "batch_summary.tmp.gpkg-journal"):
+        p = os.path.join(out_dir, name)
+        try:
+            if os.path.getmtime(p) < before:
+                os.remove(p)
+        except OSError:
+            pass
+    for j in jobs:
+        remove_stale_temporaries(j.out_dir, before)
+
+
+def _run_locked(jobs: list[PairJob], out_dir: str, *, client, scheduler, workers, processes, tile_pixels, retries,
+                force, progress, cancel, log, tiling, t_start) -> BatchReport:
+    from distributed import wait
+
     cancel = cancel or CancelToken()
     progress = progress or (lambda f, s: None)
     own = client is None

@@ -140,8 +140,9 @@ def write_pair(result, job: PairJob) -> dict:
 
     from ..write_results import write_results
 
+    # The batch holds the lock of the folder above and cleaned the pair's folder when it started.
     paths = write_results(result, job.out_dir, corrected=job.corrected, checkerboard=job.checkerboard,
-                          extra_summary={})
+                          extra_summary={}, lock=False)
     with open(paths.summary, encoding="utf-8") as fh:
         return json.load(fh)
 
