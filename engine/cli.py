@@ -28,6 +28,38 @@ def _aoi(text: str) -> tuple[float, float, float, float]:
     return vals  # type: ignore[return-value]
 
 
+def _bands(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated band numbers from 1, e.g. 1,2,3; got '{text}'")
+    return vals
+
+
+def _sim_size(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 16:
+        raise argparse.ArgumentTypeError(f"the scene size must be a whole number of pixels, at least 16; got '{text}'")
+    return v
+
+
+def _shift(text: str) -> tuple[float, float]:
+    import math
+
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 2 or not all(math.isfinite(v) for v in vals):
+        raise argparse.ArgumentTypeError(f"the shift must be 'dx,dy' in pixels, e.g. 23.4,-17.8; got '{text}'")
+    return vals  # type: ignore[return-value]
+
+
 def _add_match_options(p: argparse.ArgumentParser) -> None:
     d = MatchParams()
     p.add_argument("--method", choices=METHODS, default=d.method, help="similarity measure (default %(default)s)")
@@ -56,7 +88,7 @@ def _add_match_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ransac-threshold", type=float, default=d.ransac_threshold_px, help="inlier threshold in pixels")
     p.add_argument("--resolution", type=float, help="matching grid pixel size (default: the SAR's)")
     p.add_argument("--sar-band", type=int, default=1)
-    p.add_argument("--optical-bands", help="comma-separated optical bands used for the grey image (default 1,2,3)")
+    p.add_argument("--optical-bands", type=_bands, help="comma-separated optical bands used for the grey image (default 1,2,3)")
     p.add_argument("--no-corrected", action="store_true", help="do not write the corrected optical GeoTIFF")
     p.add_argument("--no-checkerboard", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,7 +100,7 @@ def _params(a: argparse.Namespace) -> MatchParams:
         candidates=a.candidates, max_offset_px=a.max_offset, template_size=a.template_size,
         search_size=a.search_size, sar_scale=a.sar_scale, sar_clip=a.sar_clip, min_quality=a.min_quality,
         ransac_threshold_px=a.ransac_threshold, resolution=a.resolution, sar_band=a.sar_band,
-        opt_bands=[int(b) for b in a.optical_bands.split(",")] if a.optical_bands else None,
+        opt_bands=a.optical_bands,
         orn_threshold=a.orn_threshold, goodness_fusion=a.goodness_fusion, goodness_threshold=a.goodness_threshold,
         model_size=a.model_size, device=a.device,
     )
@@ -86,15 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_match_options(m)
     d = sub.add_parser("demo", help="simulate a misregistered scene, match it and report the error")
     d.add_argument("--out", default="demo_output")
-    d.add_argument("--size", type=int, default=2048)
+    d.add_argument("--size", type=_sim_size, default=2048)
     d.add_argument("--seed", type=int, default=7)
     _add_match_options(d)
     s = sub.add_parser("simulate", help="write a simulated SAR/optical pair with a truth JSON")
     s.add_argument("--out", required=True)
-    s.add_argument("--size", type=int, default=2048)
+    s.add_argument("--size", type=_sim_size, default=2048)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--kind", default="mixed", choices=("rural", "suburban", "urban", "mixed"))
-    s.add_argument("--shift", default="23.4,-17.8", help="misregistration dx,dy in pixels")
+    s.add_argument("--shift", type=_shift, default="23.4,-17.8", help="misregistration dx,dy in pixels")
     s.add_argument("--rotation", type=float, default=0.0, help="misregistration rotation (degrees)")
     from .batch.command import add_arguments as add_batch_arguments
 
@@ -167,7 +199,7 @@ def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool
               checkerboard: bool, truth: Optional[str] = None) -> int:
     from .outputs.lock import OutputLock, remove_stale_temporaries
     from .pipeline import match_pair
-    from .write_results import ensure_writable_dir, write_results
+    from .write_results import check_outputs, ensure_writable_dir, write_results
 
     token = CancelToken()
     received: list = []
@@ -181,6 +213,10 @@ def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool
         # One run per output folder; only the holder removes what a killed run left there.
         lock = OutputLock(out).acquire()
         remove_stale_temporaries(out, before=lock.acquired_at)
+        # Everything that can be checked is checked before any work: a long run must not fail at its end.
+        params.validate()
+        truth_data = _load_truth(truth) if truth else None
+        check_outputs(sar, optical, out, corrected, checkerboard)
         t0 = time.perf_counter()
         result = match_pair(sar, optical, params, progress=bar, cancel=token)
         extra = {}
@@ -188,7 +224,7 @@ def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool
         if truth:
             from .evaluate import checkpoint_error
 
-            cp = checkpoint_error(result.transform, truth, result.tieset.pixel_size)
+            cp = checkpoint_error(result.transform, truth_data, result.tieset.pixel_size)
             extra["checkpoints"] = cp.__dict__
         paths = write_results(result, out, corrected=corrected, checkerboard=checkerboard, extra_summary=extra,
                               progress=bar, cancel=token)
@@ -212,6 +248,21 @@ def run_match(sar: str, optical: str, out: str, params: MatchParams, quiet: bool
         _restore_signals(old)
         if not ok and made_out and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)  # a failed run leaves no empty output folder behind either
+
+
+def _load_truth(path: str):
+    """The simulator truth of ``--truth``, loaded before matching; InputError when it is unusable."""
+    from .errors import InputError
+    from .simulate.truth import load_truth
+
+    if not os.path.exists(path):
+        raise InputError(f"The truth file '{path}' does not exist; give the '<name>_truth.json' that "
+                         "'python -m engine simulate' wrote next to the pair.")
+    try:
+        return load_truth(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"The truth file '{path}' is not a simulator truth JSON ({type(exc).__name__}: {exc}); "
+                         "give the '<name>_truth.json' that 'python -m engine simulate' wrote.") from None
 
 
 def _print_summary(result, paths, seconds: float, cp) -> None:
@@ -254,9 +305,15 @@ def run_demo(a: argparse.Namespace) -> int:
 def run_simulate(a: argparse.Namespace) -> int:
     from .simulate import MisregParams, SceneParams, simulate_pair
 
-    dx, dy = (float(v) for v in a.shift.split(","))
-    pair = simulate_pair(a.out, name=f"sim_{a.seed}", scene=SceneParams(size=a.size, kind=a.kind, seed=a.seed),
-                         misreg=MisregParams(shift=(dx, dy), rotation_deg=a.rotation, seed=a.seed))
+    dx, dy = a.shift
+    try:  # checked before anything is written
+        scene = SceneParams(size=a.size, kind=a.kind, seed=a.seed)
+        misreg = MisregParams(shift=(dx, dy), rotation_deg=a.rotation, seed=a.seed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pair = simulate_pair(a.out, name=f"sim_{a.seed}", scene=scene, misreg=misreg)
+
     print(f"{pair.sar}\n{pair.optical}\n{pair.truth}")
     return 0
 

@@ -16,10 +16,11 @@ class CheckpointError:
     max_after_px: float
 
 
-def checkpoint_error(transform, truth_path: str, pixel_size: float) -> CheckpointError:
-    from .simulate.truth import load_truth
+def checkpoint_error(transform, truth_path, pixel_size: float) -> CheckpointError:
+    """``truth_path``: the truth JSON's path, or a ``Truth`` already loaded from it."""
+    from .simulate.truth import Truth, load_truth
 
-    cps = load_truth(truth_path).check_points
+    cps = (truth_path if isinstance(truth_path, Truth) else load_truth(truth_path)).check_points
     nominal, true = np.asarray(cps.nominal_xy, float), np.asarray(cps.true_xy, float)
     before = np.hypot(*(nominal - true).T) / pixel_size
     after = np.hypot(*(transform.apply(nominal) - true).T) / pixel_size

@@ -72,6 +72,17 @@ class MatchParams:
             raise InputError("The deep method uses the networks' 128 px template; leave the template size at 128.")
         if self.transform not in TRANSFORMS:
             raise InputError(f"Unknown transform '{self.transform}'; choose one of {', '.join(TRANSFORMS)}.")
+        if self.max_offset_px is not None and not _positive(self.max_offset_px):
+            raise InputError("The largest expected offset (--max-offset) must be a positive number of pixels, "
+                             f"got {self.max_offset_px}.")
+        if not _finite(self.min_quality):
+            raise InputError(f"The minimum peak quality (--min-quality) must be a finite number, got {self.min_quality}.")
+        if not _positive(self.ransac_threshold_px):
+            raise InputError("The RANSAC inlier threshold (--ransac-threshold) must be a positive number of pixels, "
+                             f"got {self.ransac_threshold_px}.")
+        if self.aoi_crs and self.aoi is None:
+            raise InputError(f"An AOI CRS (--aoi-crs {self.aoi_crs}) was given without an area of interest (--aoi); "
+                             "give both, or neither to match the whole overlap.")
         if self.template_size < 16 or self.template_size % 2:
             raise InputError("The template size must be an even number of pixels, at least 16.")
         if self.effective_search_size() <= self.template_size:
@@ -95,3 +106,14 @@ class MatchParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _positive(v) -> bool:
+    return _finite(v) and float(v) > 0

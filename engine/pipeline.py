@@ -360,7 +360,7 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
                                   params.goodness_threshold, params.effective_search_size() // 2, params.n_target)
     points = timed("Finding candidates", find_candidates_tiled, pair, stretch, params, run, on_tile, acc)
     if len(points) == 0:
-        raise TooFewPointsError(_no_candidates_message(stats.valid_fraction, search))
+        raise TooFewPointsError(_no_candidates_message(stats.valid_fraction, search, stretch.sar_scale))
 
     def on_match(done: int, total: int) -> None:
         rep.update("Matching", done / max(total, 1), f"Matching {done}/{total}")
@@ -409,13 +409,22 @@ def _too_few_advice(params: MatchParams, notes: list[str]) -> str:
     else:
         simpler = "'shift'" if params.transform in ("affine", "poly1") else "'affine' or 'shift'"
         advice = f"{more}, or a simpler transform ({simpler})."
+    # The threshold that flags weak matches is the method's own: the ORN's for deep, the peak quality's else.
+    advice += (" A lower --orn-threshold keeps more of the matches the ORN rates unreliable." if params.method == "deep"
+               else " A lower --min-quality keeps more of the less distinct matches.")
     return advice + "".join(f" Note: {n}" for n in notes)
 
 
-def _no_candidates_message(valid_fraction: float, search: int) -> str:
-    """Why no candidate exists: too little valid area, or invalid pixels scattered through it."""
+def _no_candidates_message(valid_fraction: float, search: int, sar_scale: str = "") -> str:
+    """Why no candidate exists: too little valid area, or invalid pixels scattered through it.
+    ``sar_scale``: the run's SAR scale; on 'linear' and 'amplitude' zero and negative values are invalid too."""
     head = (f"No candidate location has a complete search window ({search} px) on valid pixels in both "
             "rasters: ")
+    if valid_fraction >= 0.5 and sar_scale in ("linear", "amplitude"):
+        return head + (f"{valid_fraction:.1%} of the area is valid, but invalid pixels are spread through it so that "
+                       f"no {search} px window is free of them (nodata, NaN or Inf, or zero or negative SAR values, "
+                       f"which have no dB value on the SAR's '{sar_scale}' scale); fill them (e.g. declare 0 as "
+                       "nodata, then gdal_fillnodata.py) or choose an area without them.")
     if valid_fraction >= 0.5:
         return head + (f"{valid_fraction:.1%} of the area is valid, but invalid pixels (nodata, NaN or Inf) are "
                        f"spread through it so that no {search} px window is free of them; fill them (e.g. "

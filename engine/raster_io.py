@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -127,8 +128,11 @@ class GridPair:
 
 
 def open_raster(path: str, role: str) -> RasterInfo:
-    """Open and validate one input; ``role`` ('SAR'/'optical') makes messages specific."""
-    if not path or not os.path.exists(path):
+    """Open and validate one input; ``role`` ('SAR'/'optical') makes messages specific.
+
+    GDAL paths (``/vsicurl/...``, ``/vsis3/...``, ``/vsizip/...``, ``NETCDF:...``) are left to GDAL."""
+    gdal_path = is_gdal_path(path)
+    if not path or (not gdal_path and not os.path.exists(path)):
         raise InputError(f"The {role} raster '{path}' does not exist.")
     if os.path.isdir(path) and not path.lower().endswith((".safe", ".zarr")):
         raise InputError(f"The {role} raster '{path}' is a folder, not a raster file.")
@@ -138,12 +142,21 @@ def open_raster(path: str, role: str) -> RasterInfo:
                 path=str(path), crs=ds.crs, transform=ds.transform, width=ds.width,
                 height=ds.height, count=ds.count, dtypes=tuple(ds.dtypes), nodata=ds.nodata,
             )
+            gcps = ds.gcps[0] if ds.crs is None and ds.transform == Affine.identity() else []
             # Touch one block: catches truncated files early instead of mid-run.
             ds.read(1, window=Window(0, 0, min(64, ds.width), min(64, ds.height)))
     except rasterio.errors.RasterioIOError as exc:
+        if gdal_path:
+            raise InputError(f"The {role} raster '{path}' does not exist or GDAL cannot open it ({exc}).") from exc
         raise InputError(f"The {role} file '{path}' is not a readable raster ({exc}).") from exc
     except Exception as exc:  # GDAL raises CPLE_* subclasses on truncated data
         raise InputError(f"The {role} raster '{path}' could not be read; the file may be truncated or corrupt ({exc}).") from exc
+    if gcps:
+        raise InputError(
+            f"The {role} raster '{path}' is georeferenced by ground control points (GCPs) only ({len(gcps)} "
+            "GCPs, no geotransform), which the matcher cannot use; warp it onto a map grid first, e.g. "
+            f"gdalwarp -r bilinear -tps '{path}' warped.tif (QGIS: Raster ▸ Projections ▸ Warp)."
+        )
     if info.crs is None:
         raise InputError(
             f"The {role} raster '{path}' has no coordinate reference system; assign one "
@@ -152,6 +165,31 @@ def open_raster(path: str, role: str) -> RasterInfo:
     if info.transform == Affine.identity():
         raise InputError(f"The {role} raster '{path}' has no geotransform (it is not georeferenced).")
     return info
+
+
+def is_gdal_path(path) -> bool:
+    """A GDAL virtual file system path (``/vsi...``) or a driver-prefixed name (``NETCDF:"f.nc":var``):
+    GDAL decides whether it exists, not ``os.path``."""
+    s = str(path or "")
+    return s.startswith("/vsi") or (re.match(r"^[A-Za-z0-9_]{2,}:", s) is not None and not os.path.exists(s))
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two input paths are one file: the same real path, or one file under two names (a hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # a GDAL path, or a file that vanished
+        return False
+
+
+def _lonlat(info: RasterInfo) -> Optional[Bounds]:
+    try:
+        b = transform_bounds(info.crs, "EPSG:4326", *info.bounds, densify_pts=21)
+    except Exception:  # a CRS without a path to lon/lat
+        return None
+    return b if all(math.isfinite(v) for v in b) else None
 
 
 def working_crs(sar: RasterInfo) -> CRS:
@@ -186,10 +224,12 @@ def common_grid(
     opt_b = transform_bounds(opt.crs, crs, *opt.bounds, densify_pts=21)
     area = _intersect(sar_b, opt_b)
     if area is None:
-        raise NoOverlapError(
-            f"The SAR raster and the optical raster do not overlap (SAR extent {_fmt(sar_b)}, "
-            f"optical extent {_fmt(opt_b)} in {crs.to_string()})."
-        )
+        sar_ll, opt_ll = _lonlat(sar), _lonlat(opt)
+        if sar_ll is not None and opt_ll is not None:  # each in lon/lat: meaningful wherever the rasters are
+            where = f"SAR extent lon/lat {_fmt(sar_ll)}, optical extent lon/lat {_fmt(opt_ll)}"
+        else:
+            where = f"SAR extent {_fmt(sar_b)}, optical extent {_fmt(opt_b)} in {crs.to_string()}"
+        raise NoOverlapError(f"The SAR raster and the optical raster do not overlap ({where}).")
     if aoi is not None:
         aoi = _check_aoi(aoi)
         try:
@@ -197,7 +237,7 @@ def common_grid(
         except rasterio.errors.CRSError as exc:
             raise InputError(f"The AOI CRS '{aoi_crs}' is not a coordinate reference system GDAL knows "
                              "(use e.g. 'EPSG:4326' or a WKT string).") from exc
-        aoi_b = transform_bounds(src_crs, crs, *aoi, densify_pts=21)
+        aoi_b = _aoi_bounds(aoi, src_crs, crs)
         area2 = _intersect(area, aoi_b)
         if area2 is None:
             raise NoOverlapError(
@@ -237,6 +277,25 @@ def _check_aoi(aoi) -> Bounds:
         raise InputError(f"The area of interest {tuple(aoi) if vals else aoi!r} is not 'xmin, ymin, xmax, ymax' "
                          "with finite values, xmin < xmax and ymin < ymax.")
     return vals  # type: ignore[return-value]
+
+
+def _aoi_bounds(aoi: Bounds, src_crs: CRS, crs: CRS) -> Bounds:
+    """The AOI in ``crs``; InputError when its coordinates make no sense in ``src_crs``."""
+    name = src_crs.to_string() or "the AOI CRS"
+    if src_crs.is_geographic and not (-180.0 <= aoi[0] and aoi[2] <= 360.0 and -90.0 <= aoi[1] and aoi[3] <= 90.0):
+        out = None
+    else:
+        try:
+            out = transform_bounds(src_crs, crs, *aoi, densify_pts=21)
+        except Exception:  # PROJ refuses the coordinates
+            out = None
+    if out is None or not all(math.isfinite(v) for v in out):
+        raise InputError(
+            f"The area of interest {_fmt(aoi)} is not valid in {name} (it cannot be transformed to "
+            f"{crs.to_string()}): are the coordinates in the CRS --aoi-crs names? EPSG:4326 is "
+            "longitude,latitude in degrees; without --aoi-crs the AOI is in the SAR raster's CRS."
+        )
+    return out
 
 
 def _res_in(info: RasterInfo, crs: CRS) -> float:
@@ -356,7 +415,7 @@ def open_pair(
     """Validate both rasters and fix the common (SAR-aligned) grid over their overlap ∩ AOI."""
     sar = open_raster(sar_path, "SAR")
     opt = open_raster(opt_path, "optical")
-    if os.path.realpath(sar_path) == os.path.realpath(opt_path):
+    if same_file(sar_path, opt_path):
         raise InputError("The SAR and the optical inputs are the same file.")
     if sar.is_complex:
         raise InputError(

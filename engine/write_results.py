@@ -7,8 +7,10 @@ mix of old and new results or a half-written file. Inputs are never overwritten.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -41,7 +43,12 @@ class OutputPaths:
 
 
 def output_paths(result: MatchResult, out_dir: str, corrected: bool, checkerboard: bool) -> OutputPaths:
-    stem = os.path.splitext(os.path.basename(result.pair.opt_info.path))[0]
+    return output_paths_for(result.pair.opt_info.path, out_dir, corrected, checkerboard)
+
+
+def output_paths_for(optical: str, out_dir: str, corrected: bool, checkerboard: bool) -> OutputPaths:
+    """The output files of a run on the optical raster ``optical`` (known before the run)."""
+    stem = os.path.splitext(os.path.basename(str(optical).rstrip("/")))[0]
     j = lambda name: os.path.join(out_dir, name)  # noqa: E731
     return OutputPaths(
         points=j(f"{stem}.tif.points" if not stem.endswith(".tif") else f"{stem}.points"),
@@ -50,6 +57,50 @@ def output_paths(result: MatchResult, out_dir: str, corrected: bool, checkerboar
         checker_before=j("checkerboard_before.png") if checkerboard else None,
         checker_after=j("checkerboard_after.png") if (checkerboard and corrected) else None,
     )
+
+
+_SIDE_CAR_ROOM = len(".aux.xml")
+"""The longest suffix GDAL may add to an output's (temporary) name while writing it."""
+
+
+def check_outputs(sar: str, optical: str, out_dir: str, corrected: bool = True, checkerboard: bool = True) -> None:
+    """Before any work: ``OutputError`` when an output of this run would overwrite an input, or its
+    name (or the temporary name it is written under) is too long for the folder's file system."""
+    paths = output_paths_for(optical, out_dir, corrected, checkerboard)
+    try:
+        limit = os.pathconf(out_dir, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # Windows has no pathconf
+        limit = 255
+    for p in asdict(paths).values():
+        if not p:
+            continue
+        check_output_path(p, [sar, optical])
+        need = len(temp_sibling(p).name) + _SIDE_CAR_ROOM
+        if need > limit:
+            name = os.path.basename(p)
+            raise OutputError(
+                f"The output file name '{name[:24]}…{name[-16:]}' ({len(name)} characters) is too long for the "
+                f"output folder '{out_dir}': while it is written it needs {need} characters, the file system "
+                f"allows {limit}. The outputs are named after the optical raster: rename the optical raster "
+                f"(or copy it) to a name at least {need - limit} characters shorter.")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an OSError, or an OutputError carrying GDAL/SQLite's words) means the disk is full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    text = str(exc).lower()
+    return any(k in text for k in ("no space left on device", "disk is full", "disk quota exceeded"))
+
+
+def disk_full_error(out_dir: str) -> OutputError:
+    free = ""
+    try:
+        free = f" ({shutil.disk_usage(out_dir).free // 1024} KB free)"
+    except OSError:
+        pass
+    return OutputError(f"The disk is full: cannot write the outputs to {out_dir}{free}. Free some space there or "
+                       "choose another output folder; nothing was changed in it.")
 
 
 def _thumb_step(shape: tuple[int, ...]) -> int:
@@ -126,7 +177,9 @@ def _write_results_locked(result: MatchResult, out_dir: str, corrected: bool, ch
     except BaseException as exc:
         for tmp, _final in staged:
             _remove_with_sidecars(Path(tmp))
-        if isinstance(exc, OSError):  # disk full, permission denied...: a problem the user can act on
+        if isinstance(exc, (OSError, OutputError)) and disk_full(exc):  # not SQLite's dump of every statement
+            raise disk_full_error(out_dir) from exc
+        if isinstance(exc, OSError):  # permission denied, name too long...: a problem the user can act on
             raise OutputError(f"Cannot write the outputs to {out_dir}: {exc.strerror or exc}") from exc
         raise
     return paths

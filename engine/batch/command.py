@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 
@@ -30,6 +31,12 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _tile_pixels(megapixels: float):
+    """Pixels for ``run_batch`` (which refuses what is not a positive finite number)."""
+    px = megapixels * 1e6
+    return int(px) if math.isfinite(px) else px
+
+
 def run(a: argparse.Namespace) -> int:
     from ..cli import _install_sigint, _restore_signals
     from .runner import BatchCancelled, run_batch
@@ -46,7 +53,7 @@ def run(a: argparse.Namespace) -> int:
 
     try:
         rep = run_batch(a.manifest, a.out, scheduler=a.scheduler, workers=a.workers, processes=not a.threads,
-                        tile_pixels=int(a.tile_pixels * 1e6), retries=a.retries, force=a.force, progress=bar,
+                        tile_pixels=_tile_pixels(a.tile_pixels), retries=a.retries, force=a.force, progress=bar,
                         cancel=token, log=log)
     except BatchCancelled as exc:
         if received and received[0] == getattr(signal, "SIGTERM", None):

@@ -255,6 +255,9 @@ def _read_yaml(path: str) -> tuple[list, dict]:
 
 def load_manifest(path: str, out_root: str = ".") -> list[PairJob]:
     """Read and validate a CSV or YAML manifest (by extension: .yaml/.yml is YAML, anything else CSV)."""
+    if os.path.isdir(path):
+        raise InputError(f"The manifest '{path}' is a folder, not a manifest file; give the path of the CSV or "
+                         "YAML file that lists the pairs.")
     if not os.path.isfile(path):
         raise InputError(f"The manifest '{path}' does not exist.")
     base = os.path.dirname(os.path.abspath(path))

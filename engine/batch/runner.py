@@ -9,9 +9,13 @@ rewritten as pairs complete.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -25,6 +29,8 @@ from .summary import write_summary
 DEFAULT_TILE_PIXELS = 32 * 1024 * 1024
 """Pairs whose matching grid has more pixels than this (about 5800² px) are split into tile tasks."""
 RETRIES = 3
+SCHEDULER_TIMEOUT_S = 30.0
+"""How long connecting to a ``--scheduler`` may take, its handshake included."""
 
 
 @dataclass
@@ -71,13 +77,15 @@ def make_client(scheduler: Optional[str] = None, workers: Optional[int] = None, 
     except ImportError:  # pragma: no cover - a dependency of the batch mode only
         raise InputError("Batch matching needs Dask: pip install 'dask[distributed]'.") from None
     if scheduler:
+        _probe_scheduler(scheduler, SCHEDULER_TIMEOUT_S)
         try:
-            return Client(scheduler, timeout="30s")
-        except (OSError, TimeoutError) as exc:
-            raise InputError(f"Cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    n = int(workers or os.cpu_count() or 1)
+            return Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S:g}s")
+        except Exception as exc:  # a timeout, a refused or reset connection, a protocol error
+            raise InputError(f"Cannot connect to the Dask scheduler at {scheduler}: {type(exc).__name__}: {exc}"
+                             ) from None
+    n = int(workers) if workers is not None else int(os.cpu_count() or 1)
     if n < 1:
-        raise InputError(f"The number of workers must be at least 1, got {n}.")
+        raise InputError(f"The number of workers (--workers) must be at least 1, got {n}.")
     import dask
 
     # Dask pins numeric libraries to one thread per worker process; with fewer workers than cores let
@@ -89,11 +97,64 @@ def make_client(scheduler: Optional[str] = None, workers: Optional[int] = None, 
     # 128 kB: every large temporary array is then mmapped and page-faulted afresh, which halves the speed of
     # the matcher (measured: 1.5 s -> 0.75 s per 512 px pair). Keep glibc's adaptive default.
     env["distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"] = None
-    with dask.config.set({"distributed.scheduler.allowed-failures": max(int(retries), 0), **env}):
-        # A free port, so several batches (or a QGIS session and a terminal) never fight over 8787.
-        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
-                               dashboard_address=":0")
-    return Client(cluster)
+    cluster = None
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": max(int(retries), 0), **env}):
+            # A free port, so several batches (or a QGIS session and a terminal) never fight over 8787.
+            cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
+                                   dashboard_address=":0")
+        return Client(cluster)
+    except Exception as exc:  # no socket can be made or bound (loopback down, sandbox without network)
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+        raise InputError(
+            f"Cannot start a local Dask cluster ({type(exc).__name__}: {exc}). Its scheduler and workers talk "
+            "over TCP on 127.0.0.1: check that the loopback interface is up (ip link set lo up) and that local "
+            "connections are allowed, or connect to a running scheduler with --scheduler.") from None
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """InputError unless a Dask scheduler answers at ``address`` within ``timeout`` seconds.
+
+    A Dask server speaks first: its handshake is a frame whose 8-byte little-endian length is small.
+    A web server (e.g. the dashboard's port) says nothing until asked, and distributed would then
+    wait for it forever; another protocol's greeting, read as a frame length, asks for exabytes."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(address)
+        if scheme != "tcp":
+            return  # tls://, ucx://, inproc://: distributed's own connect (bounded by its timeout)
+        host, port = parse_host_port(loc, 8786)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"'{address}' is not a Dask scheduler address ({exc}); use e.g. tcp://host:8786.") from None
+    hint = ("is the address right? A Dask scheduler listens on port 8786 by default; 8787 is its dashboard, a "
+            "web page.")
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            head = b""
+            while len(head) < 8:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(8 - len(head))
+                if not chunk:
+                    raise InputError(f"The server at {address} closed the connection without a Dask handshake; {hint}")
+                head += chunk
+            (size,) = struct.unpack("<Q", head)
+            if size > 1 << 20:  # a handshake is a few hundred bytes
+                more = b""
+                with contextlib.suppress(OSError):
+                    sock.settimeout(0.2)
+                    more = sock.recv(24)
+                raise InputError(f"The server at {address} is not a Dask scheduler: it answered {head + more!r}, "
+                                 f"not the Dask protocol; {hint}")
+    except socket.timeout:
+        raise InputError(f"The server at {address} did not answer as a Dask scheduler within {timeout:g} s; "
+                         f"{hint}") from None
+    except OSError as exc:
+        raise InputError(f"Cannot reach the Dask scheduler at {address}: {exc.strerror or exc}; is it running? "
+                         f"{hint[0].upper()}{hint[1:]}") from None
 
 
 def _dashboard(client) -> str:
@@ -136,6 +197,7 @@ def run_batch(jobs: list[PairJob] | str, out_dir: str, *, client=None, scheduler
     from ..write_results import ensure_writable_dir
 
     t_start = time.perf_counter()
+    check_batch_options(workers, tile_pixels, retries)
     if isinstance(jobs, str):
         jobs = load_manifest(jobs, out_dir)  # before anything is created: a bad manifest leaves no --out
     jobs = [dataclasses.replace(j, out_dir=os.path.join(out_dir, j.name)) for j in jobs]
@@ -153,6 +215,20 @@ def run_batch(jobs: list[PairJob] | str, out_dir: str, *, client=None, scheduler
             lock.release()
         if made and os.path.isdir(out_dir) and not os.listdir(out_dir):
             os.rmdir(out_dir)
+
+
+def check_batch_options(workers: Optional[int], tile_pixels, retries: int) -> None:
+    """InputError for a worker count, tile size or retry count that cannot work (before any work)."""
+    if workers is not None and not (isinstance(workers, int) and workers >= 1):
+        raise InputError(f"The number of workers (--workers) must be at least 1, got {workers}.")
+    try:
+        tp = float(tile_pixels)
+    except (TypeError, ValueError):
+        tp = math.nan
+    if not (math.isfinite(tp) and tp >= 1):
+        raise InputError(f"The tile size (--tile-pixels) must be a positive number of megapixels, got {tp / 1e6:g}.")
+    if int(retries) < 0:
+        raise InputError(f"The number of retries (--retries) must be 0 or more, got {retries}.")
 
 
 def _remove_stale(out_dir: str, jobs: list[PairJob], before: float) -> None:

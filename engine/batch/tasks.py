@@ -266,7 +266,8 @@ def select_candidates(plan: TilePlan, *pieces):
         if len(points) == 0:
             from ..pipeline import _no_candidates_message
 
-            return Failed(_no_candidates_message(plan.valid_fraction, p.effective_search_size()), "TooFewPointsError")
+            return Failed(_no_candidates_message(plan.valid_fraction, p.effective_search_size(),
+                                                 getattr(plan.stretch, "sar_scale", "")), "TooFewPointsError")
         sec = sum(pc["seconds"] for pc in pieces) + (time.perf_counter() - t0)
         return {"points": np.asarray(points, int), "scores": scores, "seconds": sec,
                 "read_s": sum(pc["read_s"] for pc in pieces),

@@ -131,7 +131,8 @@ def robust_fit(
         got = 0 if best_inl is None else int(best_inl.sum())
         raise TooFewPointsError(
             f"no {rkind} model is supported by at least {need_inl} tie points within {threshold:g} map "
-            f"units (best: {got} of {n_usable}); raise the residual threshold or use 'shift'"
+            f"units (best: {got} of {n_usable}); raise the residual threshold"
+            + (" or use 'shift'" if rkind != "shift" else "")
         )
 
     # Local optimisation: least squares on the consensus, re-select, until stable.
@@ -153,7 +154,7 @@ def robust_fit(
     if inl.sum() < MIN_POINTS[kind]:
         raise TooFewPointsError(
             f"only {int(inl.sum())} of {n} tie points agree within {threshold:g} map units, "
-            f"{kind} needs {MIN_POINTS[kind]}; raise the threshold or use 'shift'"
+            f"{kind} needs {MIN_POINTS[kind]}; raise the threshold" + (" or use 'shift'" if kind != "shift" else "")
         )
     final = model if kind == rkind else fit_transform(kind, src[inl], dst[inl], w[inl], smoothing=smoothing)
     res = np.hypot(*(dst - final.apply(src)).T)

@@ -485,12 +485,13 @@ def _require_points(kind: str, src: np.ndarray) -> None:
 
 
 def _remedy(kind: str, n: int) -> str:
+    # Method-neutral: the matching pipeline adds the advice of the run's method (ORN or peak quality).
     if n == 0:
-        return "lower the ORN threshold or check that the rasters overlap"
+        return "check that the rasters overlap and that matches survive the quality thresholds"
     alt = suggest_kind(n)
     if alt == kind or MIN_POINTS[alt] > n:
         alt = "shift"
-    return f"use '{alt}' or lower the ORN threshold"
+    return f"use '{alt}'" if alt != kind else "keep more matches (a larger area or more candidates)"
 
 
 def _degenerate_message(kind: str, src: np.ndarray) -> str:

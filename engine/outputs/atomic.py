@@ -63,7 +63,8 @@ def atomic_path(final_path: PathLike) -> Iterator[str]:
 
 def _remove_with_sidecars(tmp: Path) -> None:
     for p in [tmp] + [Path(str(tmp) + s) for s in _SIDECAR_SUFFIXES]:
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+        # Any OSError: clean-up must never replace the error being reported (e.g. ENAMETOOLONG).
+        with contextlib.suppress(OSError):
             p.unlink()
 
 

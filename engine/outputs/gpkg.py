@@ -16,6 +16,7 @@ is kept as layer metadata.
 from __future__ import annotations
 
 import math
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -85,6 +86,11 @@ def write_tiepoints_gpkg(path: PathLike, tieset: TieSet, layer: str = "tie_point
             raise OutputError(f"Cannot create GeoPackage {out}: {errs.text()}")
         try:
             _fill(ds, tieset, srs, layer, lines_layer, errs, out)
+        except BaseException as exc:
+            # The traceback's frames hold the dataset: drop them so it closes here, inside the error
+            # capture, and GDAL does not print its close-time errors (a full disk) on stderr later.
+            traceback.clear_frames(exc.__traceback__)
+            raise
         finally:
             # Close (flush) before atomic_path renames the file. Layer handles were local to
             # _fill, so nothing keeps the dataset alive (GDAL 3.6 layers do not own it).

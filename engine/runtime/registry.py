@@ -45,6 +45,8 @@ def load_manifest(models_dir: Optional[Path] = None) -> dict[tuple[str, str], Mo
     if not mpath.exists():
         raise ModelError(f"no model manifest at {mpath}: the deep models are not installed; "
                          "use a classical method (structural, ncc, mi) or reinstall the plugin")
+    if mpath.is_dir():
+        raise ModelError(f"the model manifest {mpath} is a folder, not a file; reinstall the plugin")
     try:
         doc = json.loads(mpath.read_text(encoding="utf-8"))
         out = {}
@@ -89,6 +91,9 @@ def verify(mf: ModelFile) -> Path:
     """The file's path after checking it exists and its sha256 equals the recorded one."""
     if not mf.path.exists():
         raise ModelError(f"model file {mf.path.name} is missing from {mf.path.parent}; reinstall the plugin")
+    if not mf.path.is_file():
+        raise ModelError(f"model file {mf.path.name} in {mf.path.parent} is a folder, not a model file; "
+                         "reinstall the plugin")
     actual = sha256_of(mf.path)
     if actual != mf.sha256:
         raise ModelError(f"model file {mf.path.name} does not match its recorded checksum (sha256 {actual[:12]}... "
