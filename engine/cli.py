@@ -136,9 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_models() -> int:
-    """Print each installed model set with what it was trained on; exit 1 when a file fails its checksum."""
+    """Print every model set the manifest names, with what it was trained on. A set with a missing or
+    corrupt file is listed as BROKEN with what is wrong and how to restore it, and the command exits 1:
+    a set is whole or refused (``--method deep`` never runs another set in its place)."""
     from .errors import ModelError
-    from .runtime.registry import NETWORKS, available_sizes, default_set, load_manifest, verify
+    from .runtime.registry import NETWORKS, broken_sets, default_set, listed_sets, load_manifest, verify
 
     try:
         man = load_manifest()
@@ -146,20 +148,35 @@ def run_models() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     default = default_set()
-    bad = 0
-    for size in available_sizes():
-        print(f"{size}{'  (default)' if size == default else ''}")
+    broken = broken_sets()
+    bad = []
+    for size in listed_sets():
+        lines, failed = [], []
         for net in NETWORKS:
-            mf = man[(net, size)]
-            try:
-                verify(mf)
-                state = "ok"
-            except ModelError as exc:
-                state, bad = f"FAILED: {exc}", bad + 1
-            print(f"  {net:13s} {mf.path.name:32s} sha256 {mf.sha256[:12]}  {state}")
-        note = man[("corrasl_sar", size)].metadata.get("training")
+            mf = man.get((net, size))
+            if mf is None:
+                lines.append(f"  {net:13s} {'(not in the manifest)':32s}                      MISSING")
+                continue
+            if not mf.path.exists():
+                state = "MISSING"
+            else:
+                try:
+                    verify(mf)
+                    state = "ok"
+                except ModelError as exc:
+                    state = f"FAILED: {exc}"
+                    failed.append(str(exc))
+            lines.append(f"  {net:13s} {mf.path.name:32s} sha256 {mf.sha256[:12]}  {state}")
+        why = broken.get(size) or (f"model set '{size}' is refused: {failed[0]}" if failed else None)
+        print(f"{size}{'  (default)' if size == default else ''}{'  BROKEN' if why else ''}")
+        print("\n".join(lines))
+        if why:
+            bad.append(why)
+        note = next((man[(n, size)].metadata.get("training") for n in NETWORKS if (n, size) in man), None)
         if note:
             print(f"  trained on: {note}")
+    for why in bad:
+        print(f"error: {why}", file=sys.stderr)
     return 1 if bad else 0
 
 

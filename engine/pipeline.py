@@ -29,6 +29,7 @@ from .raster_io import GridPair, PairSource, open_pair
 from .tiling import (DESCRIPTOR_BLOCK, DESCRIPTOR_SUPPORT, TileArrays, TileMatcher, TileRun, TilingOptions,
                      find_candidates_tiled, grid_spacing_for, match_tiles, scene_stretch, tiles_for)
 from .types import PatchMatch, TiePoint, TieSet
+from .verdict import EDGE_REASON, result_warnings
 from .version import __version__
 
 STAGES = (("Reading rasters", 1.0), ("Finding candidates", 1.0), ("Matching", 8.0), ("Fitting geometry", 0.5))
@@ -52,6 +53,11 @@ class MatchStats:
     """Fraction of the matched area covered by the convex hull of the inliers."""
     n_tiles: int = 1
     """Tiles the scene was processed in."""
+    n_edge: int = 0
+    """Matches flagged because their peak lay on the search window's edge (``verdict.EDGE_REASON``)."""
+    candidate_coverage: float = math.nan
+    """Fraction of the matched area covered by the convex hull of all matched candidates (where tie points
+    could be found at all: nodata and the search window's margin leave the rest out)."""
 
 
 @dataclass
@@ -236,7 +242,7 @@ def flag_weak(tieset: TieSet, matches: list[PatchMatch], params: MatchParams) ->
     edge = radius - 1 if deep else radius  # the deep heatmap's outermost cell is 2 px wide
     for p, m in zip(tieset.points, matches):
         if max(abs(m.peak[0]), abs(m.peak[1])) >= edge:
-            p.status, p.flag_reason = "flagged", "peak at search window edge"
+            p.status, p.flag_reason = "flagged", EDGE_REASON
         elif deep and not (m.reliability >= params.orn_threshold):
             p.status, p.flag_reason = "flagged", f"ORN: unreliable ({m.reliability:.2f} < {params.orn_threshold:.2f})"
         elif not deep and not (m.quality >= params.min_quality):
@@ -279,7 +285,8 @@ def compute_stats(tieset: TieSet, n_candidates: int, grid) -> MatchStats:
 
     inl = [p for p in tieset.points if p.status == "inlier"]
     st = MatchStats(n_candidates=n_candidates, n_matched=len(tieset.points), n_inliers=len(inl),
-                    n_flagged=len(tieset.points) - len(inl))
+                    n_flagged=len(tieset.points) - len(inl),
+                    n_edge=sum(p.flag_reason == EDGE_REASON for p in tieset.points))
     if inl:
         res = np.array([p.residual_px for p in inl])
         st.rmse_px = float(np.sqrt(np.nanmean(res ** 2)))
@@ -288,6 +295,8 @@ def compute_stats(tieset: TieSet, n_candidates: int, grid) -> MatchStats:
         st.shift_m = (dx, dy)
         st.shift_px = (dx / tieset.pixel_size, -dy / tieset.pixel_size)
         st.coverage = float(hull_coverage(np.array([[p.sar_x, p.sar_y] for p in inl]), _grid_rect(grid)))
+        st.candidate_coverage = float(hull_coverage(np.array([[p.opt_x, p.opt_y] for p in tieset.points]),
+                                                    _grid_rect(grid)))
     return st
 
 
@@ -397,6 +406,7 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
     if models is not None:
         res.models = {"size": models.size, "provider": models.provider, "versions": models.versions}
         res.warnings += [w for w in getattr(models, "warnings", []) if w not in res.warnings]
+    res.warnings += result_warnings(stats_out, params)
     return res
 
 

@@ -173,8 +173,11 @@ class MatchAlgorithm(_Base):
         feedback.pushInfo(f"{st.n_candidates} candidates, {st.n_matched} matched, {st.n_inliers} inliers, "
                           f"{st.n_flagged} flagged; residual RMSE {st.rmse_px:.2f} px; shift "
                           f"({st.shift_m[0]:.2f}, {st.shift_m[1]:.2f}) m.")
+        # Warnings (engine.verdict: a result that may be wrong, or a note on the inputs) in the log's
+        # warning style; QGIS before 3.16 has no pushWarning and shows them as non-fatal errors.
+        warn = getattr(feedback, "pushWarning", None) or (lambda w: feedback.reportError(w, fatalError=False))
         for w in result.warnings:
-            feedback.reportError(w, fatalError=False)
+            warn(f"Warning: {w}")
         out = {
             self.OUTPUT_FOLDER: folder, "TIE_POINTS": f"{paths.gpkg}|layername=tie_points",
             "POINTS_FILE": paths.points, "SUMMARY": paths.summary,

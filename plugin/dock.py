@@ -602,9 +602,17 @@ class MatcherDock(QgsDockWidget):
         self.stage.setText(f"Done in {task.elapsed:.1f} s.")
         text = (f"{st.n_inliers} inliers, {st.n_flagged} flagged; residual RMSE {_fmt(st.rmse_px, ' px')}; "
                 f"shift {_fmt(math.hypot(*st.shift_m), ' m', 1)}.")
-        self.message(text, Qgis.MessageLevel.Success, dock=False)
+        warns = task.result.warnings
+        # A run that worked but whose result may be wrong (engine.verdict) must not look green: the dock
+        # shows every warning in full, in the warning style, and the message bar says it too.
+        self.message(text + (" The result may be wrong: see the warnings." if warns else ""),
+                     Qgis.MessageLevel.Warning if warns else Qgis.MessageLevel.Success, dock=False)
         self.progress.setValue(100)
-        for w in task.result.warnings:
+        if warns:
+            plural = "s" if len(warns) > 1 else ""
+            self.stage.setText(f"Done in {task.elapsed:.1f} s, with {len(warns)} warning{plural}.")
+            self.notice.show_message("<br>".join(html.escape(w) for w in warns), Qgis.MessageLevel.Warning)
+        for w in warns:
             self.iface.messageBar().pushMessage(TITLE, w, Qgis.MessageLevel.Warning, 10)
 
     def _show_result(self, task: MatchTask) -> None:

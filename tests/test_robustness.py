@@ -693,7 +693,8 @@ def _m_mixed_versions(d):
 MODEL_FAULTS = [
     ("not_installed", _m_empty, {}, r"no model manifest at .*: the deep models are not installed; use a classical"),
     ("corrupt_manifest", _m_corrupt_manifest, {}, r"model manifest .* is corrupt .*; reinstall the plugin"),
-    ("missing_model_file", _m_missing_file, {}, r"the model manifest lists no complete set of networks"),
+    ("missing_model_file", _m_missing_file, {},
+     r"model set 'lite' is incomplete: goodness_sar_lite\.onnx is missing from .*; a set is used whole or not"),
     ("tampered_model_sha256", _m_tampered, {}, r"model file orn_lite\.onnx does not match its recorded checksum"),
     ("corrupt_model_file", _m_not_onnx, {}, r"model file orn_lite\.onnx could not be loaded .*corrupt or not an ONNX"),
     ("metadata_mismatch", _m_wrong_geometry, {}, r"model corrasl_sar has cell_px=4\.0, this engine expects 2\.0"),

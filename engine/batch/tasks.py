@@ -320,6 +320,7 @@ def finish(plan: TilePlan, selection, *matched) -> PairOutcome:
     """One geometry fit for the whole pair (as ``match_pair``), then ``write_results``."""
     from ..pipeline import (CUDA_FALLBACK, MatchResult, _too_few_advice, build_tieset, compute_stats,
                             fit_geometry, flag_inconsistent, flag_weak)
+    from ..verdict import result_warnings
     from ..write_results import ensure_writable_dir
 
     job = plan.job
@@ -380,6 +381,7 @@ def finish(plan: TilePlan, selection, *matched) -> PairOutcome:
                 for w in (i or {}).get("warnings", []):
                     if w not in result.warnings:
                         result.warnings.append(w)
+        result.warnings += result_warnings(stats, p)
         ensure_writable_dir(job.out_dir)
         summary = write_pair(result, job)
         return PairOutcome(job.name, "done", summary=summary, seconds=task_s + time.perf_counter() - t0,

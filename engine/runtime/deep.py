@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .correlate import fft_correlate
-from .registry import NETWORKS, available_sizes, default_set, load_manifest, verify
+from .registry import NETWORKS, available_sizes, broken_sets, default_set, load_manifest, verify
 from .session import Session, make_session
 
 EXPECTED = {"search_px": 256, "template_px": 128, "heatmap": 65, "cell_px": 2.0, "centre_cell": 32}
@@ -72,18 +72,24 @@ class DeepModels:
     def __init__(self, size: Optional[str] = None, provider: str = "auto", models_dir: Optional[Path] = None,
                  threads: Optional[int] = None) -> None:
         sizes = available_sizes(models_dir)
-        if not sizes:
+        broken = broken_sets(models_dir)
+        if not sizes and not broken:
             load_manifest(models_dir)  # raises the specific "not installed"/"corrupt" error
             raise ModelError("the model manifest lists no complete set of networks; reinstall the plugin")
         size = size or default_set(models_dir)
+        if size in broken:  # a set is whole or refused: never another set in its place
+            raise ModelError(broken[size])
         if size not in sizes:
-            raise ModelError(f"no '{size}' models installed (available: {', '.join(sizes)})")
+            raise ModelError(f"no '{size}' models installed (available: {', '.join(sizes) or 'none'})")
         man = load_manifest(models_dir)
         self.size = size
         self.sessions: dict[str, Session] = {}
         for name in NETWORKS:
-            self.sessions[name] = make_session(verify(man[(name, size)]), provider, threads,
-                                               arena=not name.startswith("goodness"))
+            try:
+                path = verify(man[(name, size)])
+            except ModelError as exc:
+                raise ModelError(f"model set '{size}' is refused: {exc}") from None
+            self.sessions[name] = make_session(path, provider, threads, arena=not name.startswith("goodness"))
         self.provider = self.sessions["corrasl_sar"].provider
         self._check_metadata()
         pre = self.sessions["corrasl_sar"].metadata.get("preprocessing", {})

@@ -68,22 +68,68 @@ def available_sizes(models_dir: Optional[Path] = None) -> list[str]:
     return [s for s in sizes if all((n, s) in man and man[(n, s)].path.exists() for n in NETWORKS)]
 
 
+def listed_sets(models_dir: Optional[Path] = None) -> list[str]:
+    """Every set the manifest names, whole or not ([] when the manifest is missing or unreadable)."""
+    try:
+        return sorted({s for (_, s) in load_manifest(models_dir)})
+    except ModelError:
+        return []
+
+
+def broken_sets(models_dir: Optional[Path] = None) -> dict[str, str]:
+    """{set: why it cannot be used} for each set the manifest names that is not whole: a network the
+    manifest does not list for it, or a listed file that is missing.
+
+    Why a set is whole or refused: the five networks of a set are trained together; running the
+    default set's name with another set's files (or silently another set) gives different tie points
+    than the user chose, so a broken set is refused by name with what is missing and how to restore it."""
+    try:
+        man = load_manifest(models_dir)
+    except ModelError:
+        return {}
+    d = Path(models_dir or MODELS_DIR)
+    whole = available_sizes(models_dir)
+    out: dict[str, str] = {}
+    for size in listed_sets(models_dir):
+        unlisted = [n for n in NETWORKS if (n, size) not in man]
+        missing = [man[(n, size)].path.name for n in NETWORKS if (n, size) in man and not man[(n, size)].path.exists()]
+        if not unlisted and not missing:
+            continue
+        what = []
+        if missing:
+            verb = "is" if len(missing) == 1 else "are"
+            what.append(f"{', '.join(missing)} {verb} missing from {d}")
+        if unlisted:
+            what.append(f"the manifest lists no {', '.join(unlisted)} network for it")
+        others = [s for s in whole if s != size]
+        alt = f", or choose a whole set (--model-size {' or '.join(others)})" if others else ""
+        out[size] = (f"model set '{size}' is incomplete: {' and '.join(what)}; a set is used whole or not at all, "
+                     "so it is refused rather than replaced by another set. Restore the missing file(s): reinstall "
+                     f"the plugin, or copy them back into {d} from the plugin's release archive{alt}")
+    return out
+
+
 def default_set(models_dir: Optional[Path] = None) -> Optional[str]:
-    """The set the engine uses when none is named: the manifest's ``default`` when it is installed,
-    else ``full``, else the first complete set; None when none is installed.
+    """The set the engine uses when none is named: the manifest's ``default`` when the manifest lists it
+    (whole or broken: a broken default is refused by name, never replaced by another set), else
+    ``full``, else the first complete set, else the first broken one (so that its refusal says what is
+    missing); None when the manifest names no set.
 
     Why the manifest decides: which variant is better for users (simulator-only or fine-tuned on real
     data) is a measured result, recorded by the training code's ``card`` stage next to the numbers."""
-    sizes = available_sizes(models_dir)
-    if not sizes:
+    listed = listed_sets(models_dir)
+    if not listed:
         return None
+    sizes = available_sizes(models_dir)
     try:
         doc = json.loads((Path(models_dir or MODELS_DIR) / MANIFEST).read_text(encoding="utf-8"))
         preferred = doc.get("default")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         preferred = None
-    if preferred in sizes:
+    if preferred in listed:
         return preferred
+    if not sizes:
+        return listed[0]
     return "full" if "full" in sizes else sizes[0]
 
 
@@ -97,5 +143,6 @@ def verify(mf: ModelFile) -> Path:
     actual = sha256_of(mf.path)
     if actual != mf.sha256:
         raise ModelError(f"model file {mf.path.name} does not match its recorded checksum (sha256 {actual[:12]}... "
-                         f"instead of {mf.sha256[:12]}...): it is corrupt or was modified; refusing to use it")
+                         f"instead of {mf.sha256[:12]}...): it is corrupt or was modified; refusing to use it "
+                         "(reinstall the plugin to restore it)")
     return mf.path
