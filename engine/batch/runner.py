@@ -225,7 +225,7 @@ def check_batch_options(workers: Optional[int], tile_pixels, retries: int) -> No
         tp = float(tile_pixels)
     except (TypeError, ValueError):
         tp = math.nan
-    if not (math.isfinite(tp) and tp >= 1):
+    if not (math.isfinite(tp) and tp >= 0):   # 0: split every pair along the tile plan (tests, benchmarks)
         raise InputError(f"The tile size (--tile-pixels) must be a positive number of megapixels, got {tp / 1e6:g}.")
     if int(retries) < 0:
         raise InputError(f"The number of retries (--retries) must be 0 or more, got {retries}.")
