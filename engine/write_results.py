@@ -46,12 +46,19 @@ def output_paths(result: MatchResult, out_dir: str, corrected: bool, checkerboar
     return output_paths_for(result.pair.opt_info.path, out_dir, corrected, checkerboard)
 
 
+def points_name(optical: str) -> str:
+    """The ``.points`` file name of the optical raster ``optical``: its file name, extension included,
+    plus ``.points`` (``opt.jp2`` → ``opt.jp2.points``, ``wv_opt.tiff`` → ``wv_opt.tiff.points``): the
+    only name QGIS's Georeferencer loads by itself when it opens that raster."""
+    return os.path.basename(str(optical).rstrip("/")) + ".points"
+
+
 def output_paths_for(optical: str, out_dir: str, corrected: bool, checkerboard: bool) -> OutputPaths:
     """The output files of a run on the optical raster ``optical`` (known before the run)."""
     stem = os.path.splitext(os.path.basename(str(optical).rstrip("/")))[0]
     j = lambda name: os.path.join(out_dir, name)  # noqa: E731
     return OutputPaths(
-        points=j(f"{stem}.tif.points" if not stem.endswith(".tif") else f"{stem}.points"),
+        points=j(points_name(optical)),
         gpkg=j("tie_points.gpkg"), summary=j("summary.json"),
         corrected=j(f"{stem}_corrected.tif") if corrected else None,
         checker_before=j("checkerboard_before.png") if checkerboard else None,

@@ -58,7 +58,7 @@ from ..engine.params import MatchParams
 from .aoi import MODES as AOI_MODES
 from .aoi import AoiDrawer, AoiError, compute_aoi
 from .dependencies import deep_models, deep_unavailable_reason, model_set_items
-from .export import export_gcps
+from .export import export_gcps, gcp_vrt_name, points_name
 from .layers import LayerError, insert_above, load_tie_layers, pixel_size_m, raster_path
 from .notice import Notice
 from .review import ReviewSession, TiePointModel
@@ -705,7 +705,7 @@ class MatcherDock(QgsDockWidget):
         if s is None or not s.alive():
             return None
         if not isinstance(path, str):
-            default = os.path.join(s.run_dir, os.path.basename(s.opt_path) + ".points")
+            default = os.path.join(s.run_dir, points_name(s.opt_path))
             path, _f = QFileDialog.getSaveFileName(self, "Export GCPs for the Georeferencer", default,
                                                    "GCP points (*.points)")
             if not path:
@@ -713,9 +713,7 @@ class MatcherDock(QgsDockWidget):
         if not path.endswith(".points"):
             path += ".points"
         want_vrt = self.vrt_check.isChecked() if vrt is None else vrt
-        vrt_path = os.path.splitext(path)[0] + "_gcps.vrt" if want_vrt else None
-        if vrt_path and path.endswith(".tif.points"):
-            vrt_path = path[:-len(".tif.points")] + "_gcps.vrt"
+        vrt_path = gcp_vrt_name(path, s.opt_path) if want_vrt else None
         try:
             n, vrt_written = export_gcps(s.tieset(), s.opt_path, path, vrt_path)
         except MatcherError as exc:

@@ -15,6 +15,18 @@ from ..engine.errors import TooFewPointsError
 from ..engine.outputs.points_file import write_optical_points
 from ..engine.outputs.warp import write_gcp_vrt
 from ..engine.types import TieSet
+from ..engine.write_results import points_name
+
+__all__ = ["export_gcps", "gcp_vrt_name", "inlier_gcps", "points_name"]
+
+
+def gcp_vrt_name(points_path: str, opt_path: str) -> str:
+    """The VRT written beside ``points_path``: ``wv_opt.tiff.points`` → ``wv_opt_gcps.vrt``."""
+    base = points_path[:-len(".points")] if points_path.endswith(".points") else os.path.splitext(points_path)[0]
+    ext = os.path.splitext(opt_path)[1]
+    if ext and base.lower().endswith(ext.lower()):
+        base = base[:-len(ext)]
+    return base + "_gcps.vrt"
 
 
 def inlier_gcps(tieset: TieSet) -> list[tuple[float, float, float, float]]:

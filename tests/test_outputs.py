@@ -167,6 +167,31 @@ def make_tieset(n: int = 12) -> TieSet:
 # ------------------------------------------------------------------ .points files
 
 
+@pytest.mark.parametrize("optical, expect", [
+    ("/data/opt.tif", "opt.tif.points"), ("/data/wv_opt.tiff", "wv_opt.tiff.points"),
+    ("/data/opt.jp2", "opt.jp2.points"), ("/data/S2.SAFE.vrt", "S2.SAFE.vrt.points"),
+    ("/vsizip/scene.zip/img.TIF", "img.TIF.points"), ("opt", "opt.points"),
+])
+def test_points_file_is_named_like_the_georeferencer_expects(tmp_path, optical, expect):
+    """One rule everywhere: <optical file name, extension included>.points, the name QGIS's
+    Georeferencer loads by itself next to the raster (the plugin's export default uses it too)."""
+    import importlib
+
+    from conftest import PLUGIN_PKG, load_plugin_package
+
+    from engine.write_results import output_paths_for, points_name
+
+    paths = output_paths_for(optical, str(tmp_path), corrected=True, checkerboard=True)
+    assert os.path.basename(paths.points) == expect == points_name(optical)
+    assert os.path.basename(paths.corrected) == os.path.splitext(os.path.basename(optical))[0] + "_corrected.tif"
+    load_plugin_package()
+    export = importlib.import_module(PLUGIN_PKG + ".plugin.export")    # the dock's export default and VRT name
+    assert export.points_name(optical) == expect
+    vrt = export.gcp_vrt_name(str(tmp_path / expect), optical)
+    assert os.path.basename(vrt) == os.path.splitext(os.path.basename(optical))[0] + "_gcps.vrt"
+    assert export.gcp_vrt_name(str(tmp_path / "mine.points"), optical) == str(tmp_path / "mine_gcps.vrt")
+
+
 def test_points_round_trip(tmp_path):
     ts = make_tieset()
     p = tmp_path / "optical.tif.points"
