@@ -59,7 +59,7 @@ from .aoi import MODES as AOI_MODES
 from .aoi import AoiDrawer, AoiError, compute_aoi
 from .dependencies import deep_models, deep_unavailable_reason, model_set_items
 from .export import export_gcps, gcp_vrt_name, points_name
-from .layers import LayerError, insert_above, load_tie_layers, pixel_size_m, raster_path
+from .layers import LayerError, guess_sar_optical, insert_above, load_tie_layers, pixel_size_m, raster_path
 from .notice import Notice
 from .review import ReviewSession, TiePointModel
 from .settings import DockSettings
@@ -156,15 +156,20 @@ class MatcherDock(QgsDockWidget):
         f = QFormLayout(g)
         self.sar_combo = QgsMapLayerComboBox()
         self.sar_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.sar_combo.setAllowEmptyLayer(True)
         self.sar_combo.setToolTip("The SAR image: its georeference is taken as the truth")
         self.sar_band = QgsRasterBandComboBox()
         self.opt_combo = QgsMapLayerComboBox()
         self.opt_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.opt_combo.setAllowEmptyLayer(True)
         self.opt_combo.setToolTip("The optical image whose georeference is corrected (it is never modified)")
         self.opt_band = QgsRasterBandComboBox()
-        self.opt_band.setShowNotSetOption(True, "Bands 1–3 as grey")
         self.sar_combo.layerChanged.connect(self._sar_changed)
-        self.opt_combo.layerChanged.connect(lambda lyr: self.opt_band.setLayer(lyr))
+        self.opt_combo.layerChanged.connect(self._opt_changed)
+        # Until the user picks a layer, the dock guesses the pair (SAR-like single band, 3+ band optical).
+        self._roles_picked = False
+        for combo in (self.sar_combo, self.opt_combo):
+            combo.activated.connect(self._roles_were_picked)
         f.addRow("SAR (reference)", self.sar_combo)
         f.addRow("SAR band", self.sar_band)
         f.addRow("Optical (to correct)", self.opt_combo)
@@ -217,8 +222,8 @@ class MatcherDock(QgsDockWidget):
         self.max_offset.setClearValue(0)
         self.max_offset.setToolTip("Largest misregistration you expect; widens the search window (slower)")
         self.max_offset_unit = QComboBox()
-        self.max_offset_unit.addItem("m", "m")
         self.max_offset_unit.addItem("px", "px")
+        self.max_offset_unit.addItem("m", "m")
         mo = QHBoxLayout()
         mo.addWidget(self.max_offset, 1)
         mo.addWidget(self.max_offset_unit)
@@ -299,8 +304,12 @@ class MatcherDock(QgsDockWidget):
         f.addRow("Folder", self.out_dir)
         lay.addWidget(g)
         lay.addStretch(1)
+        self._layers_form = self.sar_combo.parentWidget().layout()
+        self.guess_layers()
+        QgsProject.instance().layersAdded.connect(self._layers_changed)
+        QgsProject.instance().layersRemoved.connect(self._layers_changed)
         self._sar_changed(self.sar_combo.currentLayer())
-        self.opt_band.setLayer(self.opt_combo.currentLayer())
+        self._opt_changed(self.opt_combo.currentLayer())
         return w
 
     def _build_review_tab(self) -> QWidget:
@@ -461,6 +470,38 @@ class MatcherDock(QgsDockWidget):
     # ================================================================= inputs
     def _sar_changed(self, layer) -> None:
         self.sar_band.setLayer(layer)
+        self._show_row(self.sar_band, isinstance(layer, QgsRasterLayer) and layer.bandCount() > 1)
+
+    def _opt_changed(self, layer) -> None:
+        """The band choice only when it applies: 'Bands 1–3 (or 1–2) as grey' for a multi-band optical,
+        no band row at all for a single-band one."""
+        n = layer.bandCount() if isinstance(layer, QgsRasterLayer) else 0
+        self.opt_band.setShowNotSetOption(n > 1, f"Bands 1–{min(n, 3)} as grey" if n > 1 else "")
+        self.opt_band.setLayer(layer)
+        self.opt_band.setBand(-1 if n > 1 else 1)         # a new optical starts from its natural rendering
+        self._show_row(self.opt_band, n > 1)
+
+    def _show_row(self, field: QWidget, visible: bool) -> None:
+        label = self._layers_form.labelForField(field) if hasattr(self, "_layers_form") else None
+        for wdg in (field, label):
+            if wdg is not None:
+                wdg.setVisible(visible)
+
+    def _roles_were_picked(self, *_a) -> None:
+        self._roles_picked = True
+
+    def _layers_changed(self, _layers) -> None:
+        if not self._roles_picked:
+            self.guess_layers()
+
+    def guess_layers(self) -> None:
+        """Set the SAR and optical combos to the likely pair (``layers.guess_sar_optical``)."""
+        project = QgsProject.instance()
+        order = project.layerTreeRoot().layerOrder()
+        order += [lyr for lyr in project.mapLayers().values() if lyr not in order]  # not in the tree yet
+        sar, opt = guess_sar_optical(order)
+        self.sar_combo.setLayer(sar)
+        self.opt_combo.setLayer(opt)
 
     def _aoi_mode_changed(self, *_a) -> None:
         mode = self.aoi_mode.currentData()
@@ -540,6 +581,15 @@ class MatcherDock(QgsDockWidget):
         keep = level == Qgis.MessageLevel.Critical        # errors stay until dismissed
         self.iface.messageBar().pushMessage(title, text, level, 0 if keep else duration)
 
+    def clear_errors(self) -> None:
+        """Take down this dock's error banners (in the dock and QGIS's message bar, where errors stay
+        until dismissed): a new run must not stand under the previous one's error."""
+        self.notice.clear()
+        bar = self.iface.messageBar()
+        for item in list(bar.items()) if hasattr(bar, "items") else []:
+            if item.level() == Qgis.MessageLevel.Critical and item.title() == TITLE:
+                bar.popWidget(item)
+
     def run_match(self) -> Optional[MatchTask]:
         """Start a match in the background; returns the task, or None (with a message) if it cannot start."""
         if self.busy:
@@ -558,7 +608,7 @@ class MatcherDock(QgsDockWidget):
         except (LayerError, AoiError, MatcherError) as exc:
             self.message(str(exc), Qgis.MessageLevel.Critical)
             return None
-        self.notice.clear()
+        self.clear_errors()
         task = MatchTask(sar, opt, params, out, on_done=self._match_done)
         self.task = task
         self._task_layers = (self.sar_combo.currentLayer().id(), self.opt_combo.currentLayer().id())
@@ -593,6 +643,7 @@ class MatcherDock(QgsDockWidget):
         if self._report_failure(task):
             return
         self.last_task = task
+        self.clear_errors()
         try:
             self._show_result(task)
         except (LayerError, MatcherError) as exc:
@@ -791,3 +842,8 @@ class MatcherDock(QgsDockWidget):
                 t.cancel()
         self.task = self.warp_task = None
         self.drawer.cleanup()
+        for sig in (QgsProject.instance().layersAdded, QgsProject.instance().layersRemoved):
+            try:
+                sig.disconnect(self._layers_changed)
+            except (TypeError, RuntimeError):
+                pass

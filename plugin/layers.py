@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Optional
 
 from qgis.core import (
+    Qgis,
     QgsDistanceArea,
     QgsLayerTreeGroup,
     QgsMapLayer,
@@ -46,6 +48,45 @@ def raster_path(layer: Optional[QgsMapLayer], role: str) -> str:
     if not (path.startswith("/vsi") or os.path.exists(path)):
         raise LayerError(f"The {role} layer '{layer.name()}' reads '{path}', which is not a file on disk.")
     return path
+
+
+_SAR_WORDS = re.compile(r"(?:^|[^a-z0-9])(sar|s1|s1a|s1b|s1c|grd|slc|vv|vh|hh|hv|sigma0|gamma0|beta0|db|"
+                        r"terrasar|tsx|iceye|capella|radarsat|cosmo|csk|alos|palsar)(?:$|[^a-z0-9])")
+_FLOAT_TYPES = (Qgis.DataType.Float32, Qgis.DataType.Float64)
+
+
+def _layer_words(layer: QgsMapLayer) -> str:
+    parts = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
+    return f"{layer.name()} {os.path.basename(parts.get('path') or '')}".lower().replace("_", " ")
+
+
+def sar_likelihood(layer: QgsRasterLayer) -> int:
+    """How much ``layer`` looks like a SAR image: a single band (+2), floating point (backscatter or dB,
+    +1), a SAR word in its name or file name ('sar', 's1', 'vv', 'vh', 'hh', 'db'..., +3). 0 = not SAR."""
+    score = 3 if _SAR_WORDS.search(_layer_words(layer)) else 0
+    if layer.bandCount() == 1:
+        score += 2
+        if layer.dataProvider() is not None and layer.dataProvider().dataType(1) in _FLOAT_TYPES:
+            score += 1
+    elif layer.bandCount() >= 3:
+        score -= 3
+    return max(score, 0)
+
+
+def guess_sar_optical(layers: list[QgsMapLayer]) -> tuple[Optional[QgsRasterLayer], Optional[QgsRasterLayer]]:
+    """The likely (SAR, optical) pair among ``layers`` (in layer-tree order, top first): the SAR is the
+    most SAR-like raster (single band, float/dB, a SAR word in the name), the optical the first other
+    raster with 3+ bands (else any other raster). Never the same layer twice; None where none fits."""
+    rasters = [lyr for lyr in layers if isinstance(lyr, QgsRasterLayer) and lyr.isValid()]
+    scored = [(sar_likelihood(lyr), -i, lyr) for i, lyr in enumerate(rasters)]
+    sar = max(scored, key=lambda t: t[:2])[2] if scored and max(t[0] for t in scored) > 0 else None
+    rest = [lyr for lyr in rasters if lyr is not sar]
+    multi = [lyr for lyr in rest if lyr.bandCount() >= 3 and sar_likelihood(lyr) == 0]
+    opt = (multi or [lyr for lyr in rest if lyr.bandCount() >= 3] or rest or [None])[0]
+    if sar is None:
+        others = [lyr for lyr in rasters if lyr is not opt]
+        sar = others[0] if others else None
+    return sar, opt
 
 
 def pixel_size_m(layer: QgsRasterLayer) -> float:

@@ -45,7 +45,7 @@ class SarOpticalMatcherPlugin:
         self.action.setToolTip("Match an optical raster to a SAR raster and correct its georeference")
         self.action.setCheckable(True)
         self.action.toggled.connect(self._toggle_dock)
-        self.iface.addRasterToolBarIcon(self.action)
+        self.iface.addToolBarIcon(self.action)          # the Plugins toolbar: shown in a fresh profile
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.initProcessing()
 
@@ -61,7 +61,7 @@ class SarOpticalMatcherPlugin:
             self.dock = None
         if self.action is not None:
             self.iface.removePluginRasterMenu(MENU, self.action)
-            self.iface.removeRasterToolBarIcon(self.action)
+            self.iface.removeToolBarIcon(self.action)
             self.action.deleteLater()
             self.action = None
 

@@ -23,8 +23,8 @@ class DockSettings:
     transform: str = _ENGINE.transform
     max_offset: float = 0.0
     """0 means 'automatic' (the engine's default search window, about ±64 px)."""
-    max_offset_unit: str = "m"
-    """'m' (metres on the ground) or 'px' (SAR pixels)."""
+    max_offset_unit: str = "px"
+    """'px' (SAR pixels, the unit of the automatic ±64 px) or 'm' (metres on the ground)."""
     n_target: int = _ENGINE.n_target
     template_size: int = _ENGINE.template_size
     search_size: int = _ENGINE.search_size

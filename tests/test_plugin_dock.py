@@ -69,7 +69,7 @@ def test_dock_lists_raster_layers_bands_and_options(dock):
     # Raster combos offer raster layers only.
     poly = QgsVectorLayer("Polygon?crs=EPSG:32633", "polys", "memory")
     QgsProject.instance().addMapLayer(poly)
-    assert d.sar_combo.count() == 2 and d.opt_combo.count() == 2
+    assert d.sar_combo.count() == 3 and d.opt_combo.count() == 3     # an empty entry + the two rasters
 
 
 def test_widgets_become_match_params(dock):
@@ -269,3 +269,107 @@ def test_unloading_during_a_run_cancels_it_cleanly(plugin, dock, tmp_path):
     out = tmp_path / "out"
     assert not out.exists() or not any(out.rglob("*"))
     assert len(QgsProject.instance().mapLayers()) == 2    # no result layers were added
+
+
+def _tif(path, bands: int, dtype, like: str) -> str:
+    """A small GeoTIFF with ``bands`` bands of ``dtype`` (a gdal type) on ``like``'s CRS and corner."""
+    from osgeo import gdal
+
+    src = gdal.Open(like)
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 32, 32, bands, dtype)
+    ds.SetGeoTransform(src.GetGeoTransform())
+    ds.SetProjection(src.GetProjection())
+    ds = src = None
+    return str(path)
+
+
+def test_default_layers_are_the_likely_sar_and_optical_never_the_same(plugin, tmp_path):
+    """Issue 15 (3): the dock guesses the pair instead of putting the top layer in both combos."""
+    from osgeo import gdal
+
+    d, sc = plugin.dock, scene()
+    opt = add_raster(sc.optical, "Optical")               # 3 bands
+    assert d.sar_combo.currentLayer() is None and d.opt_combo.currentLayer() is opt
+    sar = add_raster(sc.sar, "scene")                     # single float band, added last: the top layer
+    assert (d.sar_combo.currentLayer(), d.opt_combo.currentLayer()) == (sar, opt)
+    assert d.current_params().opt_bands is None and d.sar_combo.count() == 3   # empty + two rasters
+    # Without it, a single-band integer raster named like Sentinel-1 beats a single-band float 'elevation'.
+    QgsProject.instance().removeMapLayer(sar.id())
+    dem = add_raster(_tif(tmp_path / "elevation.tif", 1, gdal.GDT_Float32, sc.sar), "elevation")
+    s1 = add_raster(_tif(tmp_path / "S1A_IW_GRDH_VV.tif", 1, gdal.GDT_UInt16, sc.sar), "S1A_IW_GRDH_VV")
+    assert (d.sar_combo.currentLayer(), d.opt_combo.currentLayer()) == (s1, opt)
+    # Once the user picks a layer, adding more layers no longer changes the choice.
+    d.sar_combo.setLayer(dem)
+    d.sar_combo.activated.emit(d.sar_combo.currentIndex())
+    add_raster(_tif(tmp_path / "vh_db.tif", 1, gdal.GDT_Float32, sc.sar), "vh_db")
+    assert d.sar_combo.currentLayer() is dem
+    del opt, dem, s1
+
+
+def test_only_one_raster_is_never_both_sar_and_optical(plugin):
+    d = plugin.dock
+    sar = add_raster(scene().sar, "SAR")
+    assert d.sar_combo.currentLayer() is sar and d.opt_combo.currentLayer() is None
+    del sar
+
+
+def test_band_choice_only_when_it_applies_and_offset_in_pixels(plugin, tmp_path):
+    from osgeo import gdal
+
+    d, sc = plugin.dock, scene()
+    d.show()
+    assert d.max_offset_unit.currentData() == "px" and d.max_offset_unit.itemData(0) == "px"
+    assert d.max_offset.specialValueText() == "Automatic (±64 px)"
+    one = add_raster(_tif(tmp_path / "pan.tif", 1, gdal.GDT_Byte, sc.optical), "pan")
+    two = add_raster(_tif(tmp_path / "nir_red.tif", 2, gdal.GDT_Byte, sc.optical), "nir_red")
+    rgb = add_raster(sc.optical, "rgb")
+    d.opt_combo.setLayer(one)
+    assert not d.opt_band.isVisibleTo(d) and d.opt_band.currentBand() == 1
+    assert d.opt_band.findText("Bands 1–3 as grey") < 0
+    d.opt_combo.setLayer(two)
+    assert d.opt_band.isVisibleTo(d) and d.opt_band.itemText(0) == "Bands 1–2 as grey"
+    d.opt_combo.setLayer(rgb)
+    assert d.opt_band.itemText(0) == "Bands 1–3 as grey" and d.opt_band.currentBand() == -1
+    d.sar_combo.setLayer(one)                             # single-band SAR: no band row either
+    assert not d.sar_band.isVisibleTo(d)
+    d.sar_combo.setLayer(rgb)
+    assert d.sar_band.isVisibleTo(d)
+    del one, two, rgb
+
+
+def test_toolbar_icon_on_the_plugins_toolbar_and_raster_menu(qgis_iface):
+    from unittest import mock
+
+    from conftest import load_plugin_package
+
+    reset_settings()
+    plugin = load_plugin_package().classFactory(qgis_iface)
+    with mock.patch.object(qgis_iface, "addToolBarIcon") as tb, \
+            mock.patch.object(qgis_iface, "addRasterToolBarIcon", create=True) as raster_tb, \
+            mock.patch.object(qgis_iface, "addPluginToRasterMenu", create=True) as menu:
+        plugin.initGui()
+    tb.assert_called_once_with(plugin.action)
+    raster_tb.assert_not_called()
+    assert mock.call("&SAR-Optical Matcher", plugin.action) in menu.call_args_list
+    with mock.patch.object(qgis_iface, "removeToolBarIcon") as rm:
+        plugin.unload()
+    rm.assert_called_once()
+
+
+def test_an_error_banner_goes_away_with_the_next_successful_run(dock, qgis_iface, monkeypatch, tmp_path):
+    from qgis.gui import QgsMessageBar
+
+    d = dock
+    bar = QgsMessageBar()                                 # a real bar: errors stay until dismissed
+    monkeypatch.setattr(qgis_iface, "messageBar", lambda: bar)
+    d.out_dir.setFilePath("")
+    assert d.run_match() is None
+    errors = [i for i in bar.items() if i.level() == Qgis.Critical]
+    assert len(errors) == 1 and "output folder" in errors[0].text() and d.notice.level == Qgis.Critical
+    d.out_dir.setFilePath(str(tmp_path / "out"))
+    d.n_target.setValue(60)
+    assert d.run_match() is not None
+    wait_until(lambda: not d.busy, 120)
+    assert d.session is not None
+    assert not [i for i in bar.items() if i.level() == Qgis.Critical]
+    assert d.notice.level != Qgis.Critical
