@@ -360,11 +360,20 @@ class MatcherDock(QgsDockWidget):
                                         self.toggle_selected)
         self.delete_button = self._tool("/mActionDeleteSelectedFeatures.svg", "Delete flagged",
                                         "Delete every flagged tie point (undoable)", self.delete_flagged)
+        self.delete_selected_button = self._tool("/mActionDeleteSelected.svg", "Delete selected",
+                                                 "Delete the tie points selected in the table or on the map "
+                                                 "(undoable; nothing is written until you save)",
+                                                 self.delete_selected)
         self.undo_button = self._tool("/mActionUndo.svg", "", "Undo the last edit", self.undo)
         self.save_button = self._tool("/mActionSaveEdits.svg", "", "Save the edits to the tie-point GeoPackage",
                                       self.save_edits)
-        for b in (self.toggle_button, self.delete_button):
+        # Two short rows rather than one long one: the dock must fit its default width (~300 px).
+        for b in (self.toggle_button, self.delete_selected_button):
             row.addWidget(b)
+        row.addStretch(1)
+        v.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(self.delete_button)
         row.addStretch(1)
         row.addWidget(self.undo_button)
         row.addWidget(self.save_button)
@@ -676,6 +685,7 @@ class MatcherDock(QgsDockWidget):
         self.session = ReviewSession(ties, arrows, res.params.transform, res.tieset.pixel_size, res.tieset.crs_wkt,
                                      task.opt_path, task.sar_path, self._task_layers[1], task.run_dir, parent=self)
         self.session.changed.connect(self._update_review)
+        ties.selectionChanged.connect(self._update_selection_buttons)
         st = res.stats
         self.summary["candidates"].setText(str(st.n_candidates))
         self.summary["matched"].setText(str(st.n_matched))
@@ -690,6 +700,7 @@ class MatcherDock(QgsDockWidget):
         for b in (self.toggle_button, self.delete_button, self.undo_button, self.save_button, self.export_button,
                   self.corrected_button):
             b.setEnabled(has)
+        self._update_selection_buttons()
         if not has:
             self.model.set_rows([])
             self.review_label.setText("Run a match to review its tie points here.")
@@ -713,6 +724,10 @@ class MatcherDock(QgsDockWidget):
         else:
             edited = " (unsaved edits)" if s.has_edits() else ""
             self.review_label.setText(f"{st.n_points} tie points{edited}. Residuals are recomputed after every edit.")
+
+    def _update_selection_buttons(self, *_a) -> None:
+        s = self.session
+        self.delete_selected_button.setEnabled(s is not None and s.alive() and s.ties.selectedFeatureCount() > 0)
 
     def _selected_fids(self) -> list[int]:
         rows = {self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()}
@@ -740,6 +755,17 @@ class MatcherDock(QgsDockWidget):
 
     def delete_flagged(self) -> int:
         return self.session.delete_flagged() if self.session is not None else 0
+
+    def delete_selected(self) -> int:
+        """Delete the tie points selected in the table or on the map (the table selects on the layer)."""
+        s = self.session
+        if s is None or not s.alive():
+            return 0
+        fids = sorted(s.ties.selectedFeatureIds())
+        if not fids:
+            self.message("Select one or more tie points in the table or on the map first.", Qgis.MessageLevel.Info)
+            return 0
+        return s.delete(fids, "selected ")
 
     def undo(self) -> None:
         if self.session is not None:

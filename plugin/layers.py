@@ -14,7 +14,10 @@ from typing import Optional
 from qgis.core import (
     Qgis,
     QgsDistanceArea,
+    QgsExpressionContextUtils,
+    QgsGeometryGeneratorSymbolLayer,
     QgsLayerTreeGroup,
+    QgsLineSymbol,
     QgsMapLayer,
     QgsPointXY,
     QgsProject,
@@ -118,17 +121,88 @@ def add_to_group(group: QgsLayerTreeGroup, layer: QgsMapLayer, index: int = -1) 
         group.insertLayer(index, layer)
 
 
+ARROW_SCALE_VAR = "som_arrow_scale"
+"""Layer variable of the arrow layer: how many times the arrows are drawn longer than the displacement."""
+ARROW_QUERY = ("SELECT t.id AS id, t.status AS status, t.disp_m AS disp_m, t.residual_px AS residual_px, "
+               "make_line(make_point(t.opt_x, t.opt_y), t.geometry) AS geometry FROM ties AS t")
+"""The arrows are derived from the tie-point layer itself (a virtual layer reads it through QGIS, edit
+buffer included): a deletion or status edit shows at once, stays unsaved with the points, and the two
+layers can never disagree. Each arrow runs from the optical position to the tie point (SAR position)."""
+
+
+def arrow_scale(ties: QgsVectorLayer) -> int:
+    """An exaggeration (1, 2, 5, 10, 20, 50...) that makes the median inlier displacement about 1/12 of
+    the tie points' extent, so the arrows are visible at the scale the whole result is looked at."""
+    disp = [math.hypot(f["sar_x"] - f["opt_x"], f["sar_y"] - f["opt_y"]) for f in ties.getFeatures()
+            if f["status"] == "inlier" and None not in (f["sar_x"], f["opt_x"], f["sar_y"], f["opt_y"])]
+    disp = sorted(d for d in disp if math.isfinite(d) and d > 0)
+    ext = ties.extent()
+    size = max(ext.width(), ext.height())
+    if not disp or not math.isfinite(size) or size <= 0:
+        return 1
+    want = size / 12.0 / disp[len(disp) // 2]
+    k = 1
+    while k < want and k < 100000:
+        k = k * 5 // 2 if str(k).startswith("2") else k * 2   # 1, 2, 5, 10, 20, 50, 100...
+    return k
+
+
+def arrow_layer_name(scale: int) -> str:
+    return f"Displacements ×{scale} (optical → SAR)" if scale > 1 else "Displacements (optical → SAR)"
+
+
+def make_arrow_layer(ties: QgsVectorLayer, scale: Optional[int] = None) -> QgsVectorLayer:
+    """The displacement arrows of ``ties`` as a virtual layer (see ``ARROW_QUERY``), styled from
+    resources/ with the arrows drawn ``scale`` times their length, head on the tie point."""
+    from urllib.parse import quote
+
+    scale = arrow_scale(ties) if scale is None else int(scale)
+    srid = ties.crs().postgisSrid()
+    uri = (f"?layer_ref={quote(ties.id())}:ties&query={quote(ARROW_QUERY)}&geometry=geometry:2:{srid}&uid=id")
+    arrows = QgsVectorLayer(uri, arrow_layer_name(scale), "virtual")
+    if not arrows.isValid():
+        return arrows
+    arrows.setCrs(ties.crs())
+    arrows.loadNamedStyle(ARROW_STYLE)
+    QgsExpressionContextUtils.setLayerVariable(arrows, ARROW_SCALE_VAR, scale)
+    _exaggerate(arrows)
+    return arrows
+
+
+def _exaggerate(arrows: QgsVectorLayer) -> None:
+    """Wrap every arrow symbol in a geometry generator that stretches the line ``@som_arrow_scale``
+    times back from its end, so the head stays on the tie point."""
+    end, start = "end_point($geometry)", "start_point($geometry)"
+    k = f"coalesce(@{ARROW_SCALE_VAR}, 1)"
+    expr = (f"make_line(translate({end}, {k} * (x({start}) - x({end})), {k} * (y({start}) - y({end}))), {end})")
+    renderer = arrows.renderer()
+    if renderer is None:
+        return
+    for cat_index, cat in enumerate(getattr(renderer, "categories", lambda: [])()):
+        sym = cat.symbol()
+        gen = QgsGeometryGeneratorSymbolLayer.create({"geometryModifier": expr, "SymbolType": "Line"})
+        gen.setSubSymbol(sym.clone())                   # (a list of layers is not handed over in 3.22's API)
+        new = QgsLineSymbol()
+        new.changeSymbolLayer(0, gen)
+        renderer.updateCategorySymbol(cat_index, new)
+
+
 def load_tie_layers(gpkg: str, title: str) -> tuple[QgsVectorLayer, QgsVectorLayer, QgsLayerTreeGroup]:
-    """Add the run's tie points and displacement arrows (styled from resources/) in their own group."""
+    """Add the run's tie points and their displacement arrows (styled from resources/) in their own
+    group, the arrows above the points so the arrowheads are drawn over the point markers."""
     ties = QgsVectorLayer(f"{gpkg}|layername=tie_points", "Tie points", "ogr")
-    arrows = QgsVectorLayer(f"{gpkg}|layername=displacements", "Displacements (optical → SAR)", "ogr")
-    if not ties.isValid() or not arrows.isValid():
+    if not ties.isValid():
         raise LayerError(f"The tie-point GeoPackage '{gpkg}' could not be opened by QGIS.")
     ties.loadNamedStyle(TIE_STYLE)
-    arrows.loadNamedStyle(ARROW_STYLE)
     group = results_group(title)
     add_to_group(group, ties)
-    add_to_group(group, arrows)
+    arrows = make_arrow_layer(ties)
+    if not arrows.isValid():
+        QgsProject.instance().removeMapLayer(ties.id())
+        QgsProject.instance().layerTreeRoot().removeChildNode(group)
+        raise LayerError(f"The displacement arrows of '{gpkg}' could not be derived by QGIS: "
+                         f"{arrows.error().summary()}")
+    add_to_group(group, arrows, 0)
     group.setExpanded(True)
     return ties, arrows, group
 

@@ -7,8 +7,13 @@ saves, and the input rasters are never touched. The transform and statistics sho
 recomputed from the layer's current (edited) state after every change, including undo/redo and
 rollback, so the dock, the attribute table and the map always agree.
 
-The displacement-arrow layer is a derived view: it is kept in step with the tie points through its
-data provider (not an edit buffer of its own), which keeps a single undo history.
+The displacement-arrow layer is a derived view (a virtual layer over the tie-point layer, see
+``layers.ARROW_QUERY``): it shows the edit buffer, so points and arrows change together, stay unsaved
+together and share one undo history. The GeoPackage's own ``displacements`` table (for readers outside
+QGIS) is brought in line only when the tie points are saved.
+
+Edits made with QGIS's own tools (deleting or moving points on the map, the attribute table) refresh
+the dock too; their residuals are written into the layer when it is saved.
 """
 from __future__ import annotations
 
@@ -70,9 +75,13 @@ class ReviewSession(QObject):
         self._timer.setInterval(0)
         self._timer.timeout.connect(self.refresh)
         for sig in (ties.editCommandEnded, ties.afterRollBack, ties.afterCommitChanges, ties.featuresDeleted,
-                    ties.featureAdded, ties.attributeValueChanged, ties.editingStarted):
+                    ties.featureAdded, ties.attributeValueChanged, ties.editingStarted, ties.geometryChanged,
+                    ties.committedFeaturesRemoved, ties.committedAttributeValuesChanges,
+                    ties.committedGeometriesChanges):
             sig.connect(self._schedule)
         ties.undoStack().indexChanged.connect(self._schedule)
+        ties.beforeCommitChanges.connect(self._before_commit)
+        ties.afterCommitChanges.connect(self._mirror_gpkg_arrows)
         ties.willBeDeleted.connect(self._detach)
         if arrows is not None:
             arrows.willBeDeleted.connect(self._drop_arrows)
@@ -98,9 +107,19 @@ class ReviewSession(QObject):
     def features(self) -> list[QgsFeature]:
         return list(self.ties.getFeatures()) if self.ties is not None else []
 
+    @staticmethod
+    def _sar_xy(f: QgsFeature) -> tuple[float, float]:
+        """The tie point's SAR (true) position: its geometry, which a point moved on the map changes,
+        else its sar_x/sar_y attributes."""
+        g = f.geometry()
+        if g is not None and not g.isNull() and not g.isEmpty():
+            p = g.asPoint()
+            return p.x(), p.y()
+        return _num(f["sar_x"]), _num(f["sar_y"])
+
     def _arrays(self, feats: list[QgsFeature]):
         src = np.array([[_num(f["opt_x"]), _num(f["opt_y"])] for f in feats], float).reshape(-1, 2)
-        dst = np.array([[_num(f["sar_x"]), _num(f["sar_y"])] for f in feats], float).reshape(-1, 2)
+        dst = np.array([self._sar_xy(f) for f in feats], float).reshape(-1, 2)
         inl = np.array([f["status"] == INLIER for f in feats], bool)
         return src, dst, inl
 
@@ -149,7 +168,8 @@ class ReviewSession(QObject):
             st.shift_m = (float(np.nanmedian(dxs)), float(np.nanmedian(dys)))
         st.rows = rows
         self.stats = st
-        self._sync_arrows(feats)
+        if self.arrows is not None:
+            self.arrows.triggerRepaint()
         self.changed.emit()
 
     # ------------------------------------------------------------------ edits
@@ -198,10 +218,16 @@ class ReviewSession(QObject):
     def delete_flagged(self) -> int:
         if self.ties is None:
             return 0
-        fids = [f.id() for f in self.features() if f["status"] != INLIER]
+        return self.delete([f.id() for f in self.features() if f["status"] != INLIER], "flagged ")
+
+    def delete(self, fids: list[int], what: str = "") -> int:
+        """Delete tie points ``fids`` (and so their arrows) in one undoable edit; returns how many."""
+        if self.ties is None:
+            return 0
+        fids = [fid for fid in fids if self.ties.getFeature(fid).isValid()]
         if not fids:
             return 0
-        self._begin(f"Delete {len(fids)} flagged tie points")
+        self._begin(f"Delete {len(fids)} {what}tie points")
         self.ties.deleteFeatures(fids)
         self._write_residuals()
         self.ties.endEditCommand()
@@ -235,17 +261,36 @@ class ReviewSession(QObject):
             ))
         return TieSet(points=pts, crs_wkt=self.crs_wkt, pixel_size=self.pixel_size)
 
-    # ------------------------------------------------------------------ arrows
-    def _sync_arrows(self, feats: list[QgsFeature]) -> None:
-        a = self.arrows
-        if a is None or not a.isValid() or a.isEditable():
+    # ------------------------------------------------------------------ saving
+    def _before_commit(self) -> None:
+        """Whatever edited the layer (the dock or QGIS's own tools), the saved residuals and SAR
+        coordinates are those of the saved points under the refitted transform."""
+        if self.ties is None or not self.ties.isEditable():
             return
+        xi, yi = self.ties.fields().indexOf("sar_x"), self.ties.fields().indexOf("sar_y")
+        for f in self.features():
+            x, y = self._sar_xy(f)
+            for idx, new, old in ((xi, x, _num(f["sar_x"])), (yi, y, _num(f["sar_y"]))):
+                if idx >= 0 and math.isfinite(new) and not math.isclose(new, old, rel_tol=0, abs_tol=1e-9):
+                    self.ties.changeAttributeValue(f.id(), idx, new, f.attribute(idx))
+        self._write_residuals()
+
+    def _mirror_gpkg_arrows(self) -> None:
+        """After the tie points are saved, make the GeoPackage's ``displacements`` table match them."""
+        if self.ties is None:
+            return
+        gpkg = self.ties.source().split("|")[0]
+        table = QgsVectorLayer(f"{gpkg}|layername=displacements", "displacements", "ogr")
+        if table.isValid():
+            self._sync_arrows(self.features(), table)
+
+    def _sync_arrows(self, feats: list[QgsFeature], a: QgsVectorLayer) -> None:
         prov = a.dataProvider()
         fidx = {n: a.fields().indexOf(n) for n in ("id", "status", "disp_m", "residual_px")}
         want = {int(f["id"]): f for f in feats}
         have = {int(g["id"]): g for g in prov.getFeatures()}
         drop = [g.id() for k, g in have.items() if k not in want]
-        changes = {}
+        changes, geoms = {}, {}
         for k, g in have.items():
             f = want.get(k)
             if f is None:
@@ -258,11 +303,16 @@ class ReviewSession(QObject):
                 upd[fidx["residual_px"]] = None if math.isnan(r_new) else r_new
             if upd:
                 changes[g.id()] = upd
+            end = g.geometry().asPolyline()[-1] if not g.geometry().isEmpty() else None
+            x, y = self._sar_xy(f)
+            if end is not None and (abs(end.x() - x) > 1e-9 or abs(end.y() - y) > 1e-9):
+                geoms[g.id()] = QgsGeometry.fromPolylineXY([QgsPointXY(_num(f["opt_x"]), _num(f["opt_y"])),
+                                                            QgsPointXY(x, y)])
         add = []
         for k, f in want.items():
             if k in have:
                 continue
-            pts = [_num(f["opt_x"]), _num(f["opt_y"]), _num(f["sar_x"]), _num(f["sar_y"])]
+            pts = [_num(f["opt_x"]), _num(f["opt_y"]), *self._sar_xy(f)]
             if not all(map(math.isfinite, pts)):
                 continue
             g = QgsFeature(a.fields())
@@ -270,15 +320,14 @@ class ReviewSession(QObject):
             g["id"], g["status"], g["disp_m"] = f["id"], f["status"], f["disp_m"]
             g["residual_px"] = f["residual_px"]
             add.append(g)
-        if not (drop or changes or add):
-            return
         if drop:
             prov.deleteFeatures(drop)
         if changes:
             prov.changeAttributeValues(changes)
+        if geoms:
+            prov.changeGeometryValues(geoms)
         if add:
             prov.addFeatures(add)
-        a.triggerRepaint()
 
 
 class TiePointModel(QAbstractTableModel):

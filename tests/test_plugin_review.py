@@ -80,6 +80,14 @@ def _affine_residuals(feats) -> np.ndarray:
     return np.hypot(*(A @ coef - dst).T) / PIXEL
 
 
+def _gpkg_counts(gpkg: str) -> tuple[int, int]:
+    """(tie points, arrows) in the GeoPackage on disk."""
+    ds = ogr.Open(gpkg)
+    out = ds.GetLayerByName("tie_points").GetFeatureCount(), ds.GetLayerByName("displacements").GetFeatureCount()
+    ds = None
+    return out
+
+
 def _layer_residuals(layer) -> dict:
     return {f.id(): f["residual_px"] for f in layer.getFeatures()}
 
@@ -114,7 +122,7 @@ def test_result_layers_attributes_and_styles(run, session):
     root = QgsProject.instance().layerTreeRoot()
     group = root.children()[0]
     assert group.name() == "SAR-Optical Matcher – Optical"
-    assert [n.layer() for n in group.children()] == [ties, arrows]
+    assert [n.layer() for n in group.children()] == [arrows, ties]   # arrowheads drawn over the markers
     assert ties.source().startswith(run.task.paths.gpkg) and "layername=tie_points" in ties.source()
     assert set(FIELDS) <= set(ties.fields().names())
     assert ties.featureCount() == res.stats.n_matched == len(res.tieset.points)
@@ -132,7 +140,14 @@ def test_result_layers_attributes_and_styles(run, session):
     assert colours == {"inlier": "#1a9641", "flagged": "#d7191c"}
     a = arrows.renderer()
     assert a.classAttribute() == "status"
-    assert {c.symbol().symbolLayer(0).layerType() for c in a.categories()} == {"ArrowLine"}
+    # The arrows are drawn k times their length (head on the tie point), k stated in the layer name.
+    assert {c.symbol().symbolLayer(0).layerType() for c in a.categories()} == {"GeometryGenerator"}
+    assert {c.symbol().symbolLayer(0).subSymbol().symbolLayer(0).layerType() for c in a.categories()} == {"ArrowLine"}
+    from qgis.core import QgsExpressionContextUtils
+
+    k = QgsExpressionContextUtils.layerScope(arrows).variable("som_arrow_scale")
+    assert int(k) == 5 and arrows.name() == "Displacements ×5 (optical → SAR)"
+    assert arrows.providerType() == "virtual"             # derived from the tie points, never out of step
     assert arrows.featureCount() == ties.featureCount()
     for f in arrows.getFeatures():
         p = engine[f["id"]]
@@ -209,8 +224,10 @@ def test_delete_flagged_is_undoable_and_never_touches_inputs(run, session):
     assert not d.delete_button.isEnabled()
     feats = list(ties.getFeatures())
     assert np.array([f["residual_px"] for f in feats], float) == pytest.approx(_affine_residuals(feats), abs=1e-6)
-    # Nothing is written until the user saves: the GeoPackage on disk still has every point.
+    # Nothing is written until the user saves: the GeoPackage on disk still has every point and every
+    # arrow (quitting without saving leaves both tables whole and in step).
     assert len(read_tiepoints_gpkg(run.task.paths.gpkg).points) == n
+    assert _gpkg_counts(run.task.paths.gpkg) == (n, n)
     d.undo()
     process_events(0.05)
     assert ties.featureCount() == n and arrows.featureCount() == n
@@ -305,3 +322,65 @@ def test_saving_edits_writes_the_geopackage(run, session):
     lines = {f.GetField("id"): f.GetField("status") for f in ds.GetLayerByName("displacements")}
     ds = None
     assert lines[target["id"]] == "flagged"
+
+
+def test_delete_selected_then_rollback_or_save_keeps_points_and_arrows_together(run, session):
+    d, ties, arrows, gpkg = run.dock, session.ties, session.arrows, run.task.paths.gpkg
+    n = ties.featureCount()
+    assert not d.delete_selected_button.isEnabled()
+    picked = [f.id() for f in ties.getFeatures()][:3]
+    ties.selectByIds(picked)                              # e.g. selected on the map
+    process_events(0.02)
+    assert d.delete_selected_button.isEnabled()
+    ids = {ties.getFeature(fid)["id"] for fid in picked}
+    d.delete_selected_button.click()
+    process_events(0.05)
+    assert ties.featureCount() == arrows.featureCount() == n - 3 == d.model.rowCount()
+    assert not ids & {f["id"] for f in arrows.getFeatures()}
+    assert _gpkg_counts(gpkg) == (n, n)                   # unsaved: nothing on disk changed
+    ties.rollBack()                                       # "quit without saving"
+    process_events(0.05)
+    assert ties.featureCount() == arrows.featureCount() == n and _gpkg_counts(gpkg) == (n, n)
+    # Delete flagged + Save: both tables lose the same rows.
+    n_flagged = sum(f["status"] == "flagged" for f in ties.getFeatures())
+    assert d.delete_flagged() == n_flagged > 0
+    d.save_edits()
+    process_events(0.05)
+    assert _gpkg_counts(gpkg) == (n - n_flagged, n - n_flagged)
+    ds = ogr.Open(gpkg)
+    pts = {f.GetField("id") for f in ds.GetLayerByName("tie_points")}
+    lines = {f.GetField("id") for f in ds.GetLayerByName("displacements")}
+    ds = None
+    assert pts == lines
+
+
+def test_native_qgis_edits_refresh_the_residuals(run, session):
+    """Deleting or moving a point with QGIS's own tools refreshes the dock; saving writes the residuals."""
+    d, ties = run.dock, session.ties
+    ties.startEditing()
+    victim = next(f for f in ties.getFeatures() if f["status"] == "inlier")
+    assert ties.deleteFeature(victim.id())                # the map's Delete Selected tool, no dock involved
+    process_events(0.05)
+    feats = list(ties.getFeatures())
+    live = {r["fid"]: r["residual_px"] for r in d.model.rows}
+    assert d.model.rowCount() == len(feats) and victim.id() not in live
+    assert np.array([live[f.id()] for f in feats]) == pytest.approx(_affine_residuals(feats), abs=1e-6)
+    # Moving a point 25 m (10 px) east on the map: its residual grows by about that much.
+    moved = next(f for f in feats if f["status"] == "inlier")
+    before = live[moved.id()]
+    from qgis.core import QgsGeometry, QgsPointXY
+
+    p = moved.geometry().asPoint()
+    assert ties.changeGeometry(moved.id(), QgsGeometry.fromPointXY(QgsPointXY(p.x() + 25.0, p.y())))
+    process_events(0.05)
+    after = {r["fid"]: r["residual_px"] for r in d.model.rows}[moved.id()]
+    assert 7.0 < after - before < 10.5
+    assert session.arrows.getFeature(next(a.id() for a in session.arrows.getFeatures() if a["id"] == moved["id"])) \
+        .geometry().asPolyline()[-1].x() == pytest.approx(p.x() + 25.0)
+    assert ties.commitChanges()                           # QGIS's own Save Layer Edits
+    process_events(0.05)
+    saved = {q.id: q for q in read_tiepoints_gpkg(run.task.paths.gpkg).points}
+    assert saved[moved["id"]].sar_x == pytest.approx(p.x() + 25.0)
+    assert saved[moved["id"]].residual_px == pytest.approx(after, abs=1e-6)
+    assert victim["id"] not in saved
+    assert _gpkg_counts(run.task.paths.gpkg)[1] == len(saved)
