@@ -62,7 +62,7 @@ def output_paths_for(optical: str, out_dir: str, corrected: bool, checkerboard: 
         gpkg=j("tie_points.gpkg"), summary=j("summary.json"),
         corrected=j(f"{stem}_corrected.tif") if corrected else None,
         checker_before=j("checkerboard_before.png") if checkerboard else None,
-        checker_after=j("checkerboard_after.png") if (checkerboard and corrected) else None,
+        checker_after=j("checkerboard_after.png") if checkerboard else None,
     )
 
 
@@ -157,9 +157,13 @@ def _write_results_locked(result: MatchResult, out_dir: str, corrected: bool, ch
             # Read at checkerboard size from the files: the run keeps no full-scene image.
             thumb = _thumbnail_grid(result)
             sar_thumb = _sar_unit_on(result, thumb)
-            write_checkerboard_png(stage(paths.checker_before), sar_thumb,
-                                   _optical_unit_on(result.pair.opt_info, list(result.pair.opt_bands), thumb,
-                                                    result.stretch))
+            opt_thumb = _optical_unit_on(result.pair.opt_info, list(result.pair.opt_bands), thumb, result.stretch)
+            write_checkerboard_png(stage(paths.checker_before), sar_thumb, opt_thumb)
+            if paths.checker_after and not paths.corrected and result.transform is not None:
+                # No corrected raster in this run (the dock, --no-corrected): the same optical
+                # quick-look moved by the fitted transform, so both checkerboards are always there.
+                write_checkerboard_png(stage(paths.checker_after), sar_thumb,
+                                       _moved_by(result.transform, opt_thumb, thumb))
         if paths.corrected:
             progress(0.2, "Warping the optical raster")
             corrected_tmp = stage(paths.corrected)
@@ -174,6 +178,7 @@ def _write_results_locked(result: MatchResult, out_dir: str, corrected: bool, ch
                 write_checkerboard_png(stage(paths.checker_after), sar_thumb, after)
         summary = result.summary()
         summary["outputs"] = {k: v for k, v in asdict(paths).items() if v}
+        summary.update(corrected_crs_summary(result))
         if extra_summary:
             summary.update(extra_summary)
         with open(stage(paths.summary), "w", encoding="utf-8") as fh:
@@ -258,6 +263,45 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def corrected_crs_summary(result: MatchResult) -> dict:
+    """summary.json's word on the corrected raster's CRS: it is written in the SAR's working CRS, so
+    when the optical is stored in another CRS the corrected raster is reprojected, not only moved.
+    Said as a note (not a warning: the result is not doubtful for it)."""
+    grid, opt = result.pair.grid.crs, result.pair.opt_info.crs
+    differs = opt is None or not (grid == opt)
+    out = {"corrected_crs": grid.to_string(), "optical_crs": opt.to_string() if opt is not None else None,
+           "corrected_crs_differs": bool(differs), "notes": []}
+    if differs:
+        out["notes"].append(
+            f"The corrected optical raster is in {grid.to_string()} (the SAR's CRS), not in the optical's own "
+            f"{opt.to_string() if opt is not None else 'CRS (none)'}: it is reprojected there, not only moved.")
+    return out
+
+
+def _moved_by(transform, unit: np.ndarray, thumb) -> np.ndarray:
+    """``unit`` (an optical quick-look on ``thumb``, nominal georeference) as it lies once corrected:
+    each thumbnail pixel at true position T shows the optical at the nominal position N with
+    transform(N) = T (fixed-point iteration: corrections are small against the scene)."""
+    from scipy import ndimage
+
+    h, w = unit.shape
+    cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    a = thumb.transform
+    cols, rows = cols.ravel(), rows.ravel()
+    true = np.column_stack([a.a * cols + a.b * rows + a.c, a.d * cols + a.e * rows + a.f])
+    nominal = true.copy()
+    for _ in range(8):
+        step = true - transform.apply(nominal)
+        nominal += step
+        if np.nanmax(np.abs(step)) < abs(a.a) * 1e-3:
+            break
+    inv = ~a
+    c = inv.a * nominal[:, 0] + inv.b * nominal[:, 1] + inv.c - 0.5
+    r = inv.d * nominal[:, 0] + inv.e * nominal[:, 1] + inv.f - 0.5
+    out = ndimage.map_coordinates(np.nan_to_num(unit.astype(np.float32)), [r, c], order=1, mode="constant", cval=0.0)
+    return out.reshape(h, w).astype(np.float32)
 
 
 def _write_corrected(result: MatchResult, dst: str, progress, cancel: CancelToken) -> None:

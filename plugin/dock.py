@@ -410,6 +410,17 @@ class MatcherDock(QgsDockWidget):
         row.addWidget(self.opacity, 1)
         row.addWidget(QLabel("Corrected"))
         grid.addLayout(row, 2, 0, 1, 2)
+        self.flip_button = QToolButton()
+        self.flip_button.setCheckable(True)
+        self.flip_button.setIcon(_icon("/mActionShowAllLayers.svg"))
+        self.flip_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.flip_button.setText("Before / after")
+        self.flip_button.setToolTip("Flip the map between the original (before) and the corrected (after) optical "
+                                    "layer over the SAR; the other one is hidden")
+        self.flip_button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.flip_button.toggled.connect(lambda on: self.flip_before_after(not on))
+        self.flip_button.setEnabled(False)
+        grid.addWidget(self.flip_button, 3, 0, 1, 2)
         lay.addWidget(g)
         lay.addStretch(1)
         return w
@@ -842,9 +853,37 @@ class MatcherDock(QgsDockWidget):
         insert_above(layer, original)
         self.corrected_layer_id = layer.id()
         self.opacity.setEnabled(True)
+        self.flip_button.setEnabled(True)
         self.stage.setText(f"Corrected layer written in {task.elapsed:.1f} s.")
         self.progress.setValue(100)
-        self.message(f"Added '{name}' above the original; use the slider to compare.", Qgis.MessageLevel.Success)
+        self.message(f"Added '{name}' above the original; use the slider or Before/after to compare.",
+                     Qgis.MessageLevel.Success)
+        note = self.crs_note(layer, original)
+        if note:
+            self.notice.show_message(html.escape(note), Qgis.MessageLevel.Info)
+            self.iface.messageBar().pushMessage(TITLE, note, Qgis.MessageLevel.Info, 10)
+
+    @staticmethod
+    def crs_note(corrected: QgsRasterLayer, original) -> str:
+        """A note (not a warning) when the corrected raster is in another CRS than the optical layer."""
+        if not isinstance(original, QgsRasterLayer) or corrected.crs() == original.crs():
+            return ""
+        return (f"The corrected raster is in {corrected.crs().authid() or corrected.crs().description()} (the SAR's "
+                f"CRS), not in the optical's {original.crs().authid() or original.crs().description()}: it was "
+                "reprojected, not only moved.")
+
+    def flip_before_after(self, after: Optional[bool] = None) -> None:
+        """Show either the corrected or the original optical layer over the SAR (the other is hidden)."""
+        corrected = self.corrected_layer()
+        original = QgsProject.instance().mapLayer(self.session.opt_layer_id) if self.session else None
+        if after is None:
+            after = not self.flip_button.isChecked()
+        root = QgsProject.instance().layerTreeRoot()
+        for lyr, show in ((corrected, after), (original, not after)):
+            node = root.findLayer(lyr.id()) if lyr is not None else None
+            if node is not None:
+                node.setItemVisibilityChecked(show)
+        self.flip_button.setText("Showing after: click for before" if after else "Showing before: click for after")
 
     def corrected_layer(self) -> Optional[QgsRasterLayer]:
         return QgsProject.instance().mapLayer(self.corrected_layer_id) if self.corrected_layer_id else None

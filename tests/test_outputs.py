@@ -633,3 +633,44 @@ def test_checkerboard_alternates_tiles(tmp_path):
     back = gdal.Open(str(p)).ReadAsArray()
     np.testing.assert_array_equal(back, img)
     assert leftover_files(tmp_path, {"cb.png"}) == []
+
+
+def test_after_checkerboard_without_a_corrected_raster_moves_the_optical_by_the_transform():
+    """Issue 15 (6): runs that write no corrected raster (the dock) still get checkerboard_after.png:
+    the optical quick-look moved by the fitted transform (here a shift of 3 thumbnail pixels east,
+    2 south), sampled where the transform sends it."""
+    from rasterio.transform import Affine
+
+    from engine.geometry.transforms import ShiftTransform
+    from engine.raster_io import Grid
+    from engine.write_results import _moved_by, output_paths_for
+
+    rng = np.random.default_rng(5)
+    unit = rng.random((40, 50)).astype(np.float32)
+    thumb = Grid(crs=None, width=50, height=40, transform=Affine(10.0, 0, 500000.0, 0, -10.0, 5400000.0))
+    moved = _moved_by(ShiftTransform(kind="shift", min_points=1, dx=30.0, dy=-20.0), unit, thumb)
+    assert moved.shape == unit.shape
+    np.testing.assert_allclose(moved[2:, 3:], unit[:-2, :-3], atol=1e-5)   # content 3 px east, 2 px south
+    assert np.all(moved[:2] == 0) and np.all(moved[:, :3] == 0)            # uncovered: blank
+    paths = output_paths_for("/d/opt.tif", "/o", corrected=False, checkerboard=True)
+    assert paths.checker_after == "/o/checkerboard_after.png" and paths.corrected is None
+
+
+def test_summary_notes_when_the_corrected_raster_is_in_another_crs():
+    from types import SimpleNamespace
+
+    from rasterio.crs import CRS
+
+    from engine.write_results import corrected_crs_summary
+
+    def result(opt_crs):
+        grid = SimpleNamespace(crs=CRS.from_epsg(32633))
+        return SimpleNamespace(pair=SimpleNamespace(grid=grid, opt_info=SimpleNamespace(crs=opt_crs)))
+
+    same = corrected_crs_summary(result(CRS.from_epsg(32633)))
+    assert same == {"corrected_crs": "EPSG:32633", "optical_crs": "EPSG:32633", "corrected_crs_differs": False,
+                    "notes": []}
+    other = corrected_crs_summary(result(CRS.from_epsg(4326)))
+    assert other["corrected_crs_differs"] is True and other["optical_crs"] == "EPSG:4326"
+    assert other["notes"] == ["The corrected optical raster is in EPSG:32633 (the SAR's CRS), not in the optical's "
+                              "own EPSG:4326: it is reprojected there, not only moved."]

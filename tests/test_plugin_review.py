@@ -112,9 +112,15 @@ def test_full_run_summary_matches_the_engine(run):
     assert 8 < dx < 35 and 4 < dy < 16
     ok = run.iface.messageBar().get_messages(Qgis.Success)
     assert any(f"{summary['inliers']} inliers" in m for m in ok)
-    # The checkerboard quick-look is written; the corrected raster is left to "Create corrected layer".
+    # Both checkerboard quick-looks are written (as by the CLI); the corrected raster is left to
+    # "Create corrected layer". The .points file is named for the Georeferencer: <optical file>.points.
     assert sorted(os.listdir(task.run_dir)) == sorted(
-        ["tie_points.gpkg", "summary.json", "checkerboard_before.png", os.path.basename(task.paths.points)])
+        ["tie_points.gpkg", "summary.json", "checkerboard_before.png", "checkerboard_after.png",
+         os.path.basename(run.scene.optical) + ".points"])
+    before, after = (gdal.Open(os.path.join(task.run_dir, f"checkerboard_{k}.png")).ReadAsArray().astype(float)
+                     for k in ("before", "after"))
+    assert before.shape == after.shape and not np.array_equal(before, after)
+    assert summary["corrected_crs_differs"] is False and summary["notes"] == []
 
 
 def test_result_layers_attributes_and_styles(run, session):
@@ -302,6 +308,17 @@ def test_corrected_layer_is_georeferenced_with_the_reviewed_transform(run, sessi
     # Before/after comparison: the slider drives the corrected layer's opacity.
     d.opacity.setValue(30)
     assert layer.renderer().opacity() == pytest.approx(0.3)
+    # ... and the Before / after button flips the map between the two optical layers.
+    assert d.flip_button.isEnabled()
+    node = root.findLayer
+    assert node(layer.id()).isVisible() and node(run.opt_id).isVisible()
+    d.flip_button.click()
+    assert not node(layer.id()).itemVisibilityChecked() and node(run.opt_id).itemVisibilityChecked()
+    assert "before" in d.flip_button.text().split(":")[0]
+    d.flip_button.click()
+    assert node(layer.id()).itemVisibilityChecked() and not node(run.opt_id).itemVisibilityChecked()
+    assert d.crs_note(layer, QgsProject.instance().mapLayer(run.opt_id)) == ""
+    node(run.opt_id).setItemVisibilityChecked(True)
     assert {p: _md5(p) for p in run.hashes} == run.hashes
 
 
@@ -384,3 +401,29 @@ def test_native_qgis_edits_refresh_the_residuals(run, session):
     assert saved[moved["id"]].residual_px == pytest.approx(after, abs=1e-6)
     assert victim["id"] not in saved
     assert _gpkg_counts(run.task.paths.gpkg)[1] == len(saved)
+
+
+def test_corrected_layer_in_another_crs_is_said_in_the_dock_and_summary(run, tmp_path):
+    """The optical stored in EPSG:32632 (the SAR in 32633): the corrected raster comes out in the SAR's
+    CRS; summary.json and the dock say so, as a note, not a warning."""
+    d = run.dock
+    src = str(tmp_path / "optical_32632.tif")
+    gdal.Warp(src, run.scene.optical, dstSRS="EPSG:32632")
+    opt = add_raster(src, "Optical 32632")
+    d.opt_combo.setLayer(opt)
+    d.sar_combo.setLayer(QgsProject.instance().mapLayer(run.sar_id))
+    d.n_target.setValue(150)
+    task = d.run_match()
+    assert task is not None
+    wait_until(lambda: not d.busy, 120)
+    summary = json.load(open(task.paths.summary, encoding="utf-8"))
+    assert summary["corrected_crs"] == "EPSG:32633" and summary["optical_crs"] == "EPSG:32632"
+    assert summary["corrected_crs_differs"] is True and "reprojected" in summary["notes"][0]
+    assert not any("reprojected" in w for w in summary["warnings"])
+    assert d.create_corrected(str(tmp_path / "corr.tif")) is not None
+    wait_until(lambda: not d.busy, 120)
+    layer = d.corrected_layer()
+    assert layer.crs().authid() == "EPSG:32633"
+    assert "EPSG:32633" in d.notice.text() and "EPSG:32632" in d.notice.text() and d.notice.level == Qgis.Info
+    assert any("reprojected" in m for m in run.iface.messageBar().get_messages(Qgis.Info))
+    del opt, layer
