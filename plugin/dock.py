@@ -218,7 +218,7 @@ class MatcherDock(QgsDockWidget):
         self.max_offset = QgsDoubleSpinBox()
         self.max_offset.setRange(0, 100000)
         self.max_offset.setDecimals(1)
-        self.max_offset.setSpecialValueText("Automatic (±64 px)")
+        self.max_offset.setSpecialValueText("Auto (±64 px)")
         self.max_offset.setClearValue(0)
         self.max_offset.setToolTip("Largest misregistration you expect; widens the search window (slower)")
         self.max_offset_unit = QComboBox()
@@ -291,7 +291,7 @@ class MatcherDock(QgsDockWidget):
             if not self.models:
                 wdg.setToolTip(self.no_deep)
         if not self.models:
-            self.deep_group.setTitle(f"Deep matching ({self.no_deep})")
+            self.deep_group.setTitle("Deep matching (unavailable)")   # the reason is in the tooltip: fits 300 px
             self.deep_group.setToolTip(self.no_deep)
         lay.addWidget(self.deep_group)
 
@@ -304,6 +304,8 @@ class MatcherDock(QgsDockWidget):
         f.addRow("Folder", self.out_dir)
         lay.addWidget(g)
         lay.addStretch(1)
+        self._fit_narrow(w)
+        self.max_offset_unit.setMinimumContentsLength(2)   # "px"/"m": the room goes to the value
         self._layers_form = self.sar_combo.parentWidget().layout()
         self.guess_layers()
         QgsProject.instance().layersAdded.connect(self._layers_changed)
@@ -358,9 +360,9 @@ class MatcherDock(QgsDockWidget):
         self.toggle_button = self._tool("/mActionToggleEditing.svg", "Toggle status",
                                         "Switch the selected tie points between inlier and flagged",
                                         self.toggle_selected)
-        self.delete_button = self._tool("/mActionDeleteSelectedFeatures.svg", "Delete flagged",
+        self.delete_button = self._tool("/mActionDeleteSelectedFeatures.svg", "Flagged",
                                         "Delete every flagged tie point (undoable)", self.delete_flagged)
-        self.delete_selected_button = self._tool("/mActionDeleteSelected.svg", "Delete selected",
+        self.delete_selected_button = self._tool("/mActionDeleteSelected.svg", "Selected",
                                                  "Delete the tie points selected in the table or on the map "
                                                  "(undoable; nothing is written until you save)",
                                                  self.delete_selected)
@@ -368,15 +370,16 @@ class MatcherDock(QgsDockWidget):
         self.save_button = self._tool("/mActionSaveEdits.svg", "", "Save the edits to the tie-point GeoPackage",
                                       self.save_edits)
         # Two short rows rather than one long one: the dock must fit its default width (~300 px).
-        for b in (self.toggle_button, self.delete_selected_button):
-            row.addWidget(b)
-        row.addStretch(1)
-        v.addLayout(row)
-        row = QHBoxLayout()
-        row.addWidget(self.delete_button)
+        row.addWidget(self.toggle_button)
         row.addStretch(1)
         row.addWidget(self.undo_button)
         row.addWidget(self.save_button)
+        v.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Delete:"))
+        row.addWidget(self.delete_selected_button)
+        row.addWidget(self.delete_button)
+        row.addStretch(1)
         v.addLayout(row)
         self.review_label = QLabel()
         self.review_label.setWordWrap(True)
@@ -393,12 +396,13 @@ class MatcherDock(QgsDockWidget):
                                            "added above the original", self.create_corrected)
         for b in (self.export_button, self.corrected_button):
             b.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.vrt_check = QCheckBox("Also write a GDAL VRT with the GCPs")
+        self.vrt_check = QCheckBox("Also write a GCP VRT")
         self.vrt_check.setToolTip("A .vrt next to the .points file: the optical raster with GCPs attached, "
                                   "for gdalwarp or a quick on-the-fly check in QGIS")
-        grid.addWidget(self.export_button, 0, 0)
-        grid.addWidget(self.corrected_button, 0, 1)
+        # One column: the export with its option, then the corrected layer with its comparisons.
+        grid.addWidget(self.export_button, 0, 0, 1, 2)
         grid.addWidget(self.vrt_check, 1, 0, 1, 2)
+        grid.addWidget(self.corrected_button, 4, 0, 1, 2)
         row = QHBoxLayout()
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
@@ -409,7 +413,7 @@ class MatcherDock(QgsDockWidget):
         row.addWidget(QLabel("Original"))
         row.addWidget(self.opacity, 1)
         row.addWidget(QLabel("Corrected"))
-        grid.addLayout(row, 2, 0, 1, 2)
+        grid.addLayout(row, 5, 0, 1, 2)
         self.flip_button = QToolButton()
         self.flip_button.setCheckable(True)
         self.flip_button.setIcon(_icon("/mActionShowAllLayers.svg"))
@@ -420,10 +424,22 @@ class MatcherDock(QgsDockWidget):
         self.flip_button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.flip_button.toggled.connect(lambda on: self.flip_before_after(not on))
         self.flip_button.setEnabled(False)
-        grid.addWidget(self.flip_button, 3, 0, 1, 2)
+        grid.addWidget(self.flip_button, 6, 0, 1, 2)
         lay.addWidget(g)
         lay.addStretch(1)
+        self._fit_narrow(w)
         return w
+
+    @staticmethod
+    def _fit_narrow(w: QWidget) -> None:
+        """Let the tab fit the dock's default width (~300 px): combos shrink to a few characters
+        (the full text is in the popup), form rows put a long field under its label."""
+        for combo in w.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
+        for form in w.findChildren(QFormLayout):
+            form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+            form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
 
     def _tool(self, icon: str, text: str, tip: str, slot) -> QToolButton:
         b = QToolButton()

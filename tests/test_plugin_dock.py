@@ -319,7 +319,7 @@ def test_band_choice_only_when_it_applies_and_offset_in_pixels(plugin, tmp_path)
     d, sc = plugin.dock, scene()
     d.show()
     assert d.max_offset_unit.currentData() == "px" and d.max_offset_unit.itemData(0) == "px"
-    assert d.max_offset.specialValueText() == "Automatic (±64 px)"
+    assert d.max_offset.specialValueText() == "Auto (±64 px)"
     one = add_raster(_tif(tmp_path / "pan.tif", 1, gdal.GDT_Byte, sc.optical), "pan")
     two = add_raster(_tif(tmp_path / "nir_red.tif", 2, gdal.GDT_Byte, sc.optical), "nir_red")
     rgb = add_raster(sc.optical, "rgb")
