@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup setup-training demo test package bench bench-quick clean
+.PHONY: setup setup-training demo test package wheelhouse bench bench-quick clean
 
 setup:
 	@bash scripts/setup.sh $(VENV)
@@ -27,5 +27,10 @@ bench-quick: setup
 package:
 	python3 scripts/package.py --out dist
 
+# Wheels of the plugin's optional dependencies (onnxruntime-gpu, Dask) for QGIS's Python on this platform,
+# for the plugin's offline install (Raster > SAR-Optical Matcher > Install dependencies...).
+wheelhouse:
+	python3 scripts/wheelhouse.py --out wheelhouse
+
 clean:
-	rm -rf demo_output .pytest_cache .qgis-settings build dist
+	rm -rf demo_output .pytest_cache .qgis-settings build dist wheelhouse

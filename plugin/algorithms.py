@@ -62,6 +62,14 @@ def _path(layer, role: str) -> str:
         raise QgsProcessingException(str(exc)) from exc
 
 
+def _require(feature: str) -> None:
+    """Refuse, naming the menu entry that installs them, when the feature's optional packages are missing."""
+    from . import deps
+
+    if deps.missing(feature):
+        raise QgsProcessingException(deps.describe_missing(feature))
+
+
 class _Base(QgsProcessingAlgorithm):
     def group(self) -> str:
         return ""
@@ -157,6 +165,8 @@ class MatchAlgorithm(_Base):
         folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
         corrected = self.parameterAsOutputLayer(parameters, self.CORRECTED, context) \
             if parameters.get(self.CORRECTED) else None
+        if params.method == "deep":
+            _require("deep")
         token = _token(feedback)
         try:
             ensure_writable_dir(folder)
@@ -339,6 +349,7 @@ class BatchMatchAlgorithm(_Base):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ..engine.batch.runner import make_client, run_batch
 
+        _require("batch")
         manifest = self.parameterAsFile(parameters, self.MANIFEST, context)
         folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
         workers = self.parameterAsInt(parameters, self.WORKERS, context)

@@ -211,6 +211,7 @@ class MatcherDock(QgsDockWidget):
             self.method.addItem(label, key)
         self._disable_item(self.method, self.method.findData("deep"), not self.models, self.no_deep)
         self.method.setToolTip("Similarity used to compare the optical template with the SAR search window")
+        self.method.activated.connect(lambda _i: self._deep_dependencies_ready())
         self.transform = QComboBox()
         for key, label in TRANSFORMS:
             self.transform.addItem(label, key)
@@ -575,6 +576,9 @@ class MatcherDock(QgsDockWidget):
         method = self.method.currentData()
         if method == "deep" and not self.models:
             raise MatcherError(f"The deep method is not available ({self.no_deep}); choose another method.")
+        if method == "deep" and not self._deep_dependencies_ready():
+            raise MatcherError("Deep matching needs onnxruntime: install it in the dialog that opened "
+                               "(Raster ▸ SAR-Optical Matcher ▸ Install dependencies…), then click Match layers again.")
         max_px = None
         if self.max_offset.value() > 0:
             v = self.max_offset.value()
@@ -597,6 +601,14 @@ class MatcherDock(QgsDockWidget):
         )
         p.validate()
         return p
+
+    def _deep_dependencies_ready(self) -> bool:
+        """True when Deep can run; otherwise opens the dependency manager (plugin/deps_dialog.py)."""
+        if self.method.currentData() != "deep" or not self.models:
+            return True
+        from .deps_dialog import ensure
+
+        return ensure("deep", self)
 
     # ================================================================= running
     @property

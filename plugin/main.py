@@ -14,6 +14,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QLabel, QVBoxLayout, QWidget
 
+from . import deps
 from .dependencies import install_hint, missing_packages
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,12 @@ TITLE = "SAR-Optical Matcher"
 class SarOpticalMatcherPlugin:
     def __init__(self, iface) -> None:
         self.iface = iface
+        # The optional packages installed by the dependency manager (onnxruntime, Dask) become importable
+        # before anything imports the engine; appended, so QGIS's own numpy/GDAL always win.
+        deps.activate(deps.default_target(QgsApplication.qgisSettingsDirPath()))
         self.action: QAction | None = None
+        self.deps_action: QAction | None = None
+        self.deps_dialog = None
         self.dock: QgsDockWidget | None = None
         self.provider = None
 
@@ -47,7 +53,26 @@ class SarOpticalMatcherPlugin:
         self.action.toggled.connect(self._toggle_dock)
         self.iface.addToolBarIcon(self.action)          # the Plugins toolbar: shown in a fresh profile
         self.iface.addPluginToRasterMenu(MENU, self.action)
+        self.deps_action = QAction(QgsApplication.getThemeIcon("/propertyicons/plugin.svg"),
+                                   "Install dependencies…", self.iface.mainWindow())
+        self.deps_action.setObjectName("SarOpticalMatcherDepsAction")
+        self.deps_action.setToolTip("Install onnxruntime (Deep matching) and Dask (Batch match) into the plugin's "
+                                    "folder of this QGIS profile, online or from a folder of wheels")
+        self.deps_action.triggered.connect(self.show_dependencies)
+        self.iface.addPluginToRasterMenu(MENU, self.deps_action)
         self.initProcessing()
+
+    def show_dependencies(self):
+        """Open (or raise) the dependency manager's dialog; returns it."""
+        from .deps_dialog import DependencyDialog
+
+        if self.deps_dialog is None:
+            self.deps_dialog = DependencyDialog(parent=self.iface.mainWindow())
+        else:
+            self.deps_dialog.refresh()
+        self.deps_dialog.show()
+        self.deps_dialog.raise_()
+        return self.deps_dialog
 
     def unload(self) -> None:
         if self.provider is not None:
@@ -59,6 +84,14 @@ class SarOpticalMatcherPlugin:
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None
+        if self.deps_action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.deps_action)
+            self.deps_action.deleteLater()
+            self.deps_action = None
+        if self.deps_dialog is not None:
+            self.deps_dialog.cancel()
+            self.deps_dialog.deleteLater()
+            self.deps_dialog = None
         if self.action is not None:
             self.iface.removePluginRasterMenu(MENU, self.action)
             self.iface.removeToolBarIcon(self.action)

@@ -4,9 +4,9 @@
 QGIS installs a plugin ZIP by extracting its single top-level folder into the profile's plugin folder,
 and that folder name becomes the Python package name, so everything goes under
 ``sar_optical_matcher/``. Only what runs inside QGIS is shipped: the engine, the plugin adapter,
-resources, the bundled models with their card, metadata, licence and readme. Tests, benchmarks,
-training code, docs and development files stay out. The archive is reproducible (sorted entries,
-fixed timestamps), so two builds of the same tree are byte-identical.
+resources, the bundled models with their card, metadata, licence, readme and constraints.txt (the
+pins the dependency installer gives pip). Tests, benchmarks, training code, docs and development
+files stay out. The archive is reproducible (sorted entries, fixed timestamps), so two builds of the same tree are byte-identical.
 
 Usage: python3 scripts/package.py [--root REPO] [--out dist]   (stdlib only)
 """
@@ -22,7 +22,9 @@ from pathlib import Path
 
 PLUGIN_FOLDER = "sar_optical_matcher"
 TOP_FILES = ("metadata.txt", "__init__.py")
-TOP_OPTIONAL = ("LICENSE", "LICENSE.txt", "LICENSE.md", "README.md", "README.txt", "CHANGELOG.md")
+TOP_OPTIONAL = ("LICENSE", "LICENSE.txt", "LICENSE.md", "README.md", "README.txt", "CHANGELOG.md",
+                "constraints.txt")
+"""constraints.txt: the pins plugin/deps.py hands to pip when it installs the optional dependencies."""
 TREES = ("engine", "plugin", "resources")
 MODEL_PATTERNS = ("*.onnx", "MODEL_CARD.md", "*.sha256", "checksums.json", "manifest.json")
 EXCLUDE = ("__pycache__", "*.pyc", "*.pyo", ".*", "CONTEXT_PLACEHOLDER.md", "*.orig", "*.rej", "*~",

@@ -50,7 +50,8 @@ def make_session(path: Path, provider: str = "auto", threads: Optional[int] = No
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - environment problem
-        raise ModelError(f"onnxruntime is not installed ({exc}); run the setup script") from None
+        raise ModelError(f"onnxruntime is not installed ({exc}); in QGIS use Raster ▸ SAR-Optical Matcher ▸ "
+                         "Install dependencies…, from a terminal run the setup script (make setup)") from None
     if provider not in PROVIDERS:
         raise ModelError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
     want = []
