@@ -154,8 +154,13 @@ def match_candidates(sar: np.ndarray, opt: np.ndarray, points: np.ndarray, param
     return out
 
 
-def _match_structural_blocks(sar, opt, valid, points, params, report, block, origin=(0, 0)) -> list[PatchMatch]:
+def _match_structural_blocks(sar, opt, valid, points, params, report, block, origin=(0, 0),
+                             describe=None) -> list[PatchMatch]:
+    """``describe(img, modality, mask)`` -> (C, H, W) features: the structural descriptor by default, or
+    a learned stride-1 network with the same contract (CorrASL-SP, ``engine.runtime.sp``)."""
     from .matchers.structural import dense_descriptor, match_descriptors
+
+    describe = describe or dense_descriptor
 
     t2, s2 = params.template_size // 2, params.effective_search_size() // 2
     halo = s2 + DESCRIPTOR_SUPPORT  # window half-size plus the descriptor filters' support
@@ -175,8 +180,8 @@ def _match_structural_blocks(sar, opt, valid, points, params, report, block, ori
         r0, c0 = max(br - halo, 0), max(bc - halo, 0)
         r1, c1 = min(br + block + halo, h), min(bc + block + halo, w)
         vb = valid[r0:r1, c0:c1]
-        ds = dense_descriptor(sar[r0:r1, c0:c1], "sar", mask=vb)
-        dt = dense_descriptor(opt[r0:r1, c0:c1], "optical", mask=vb)
+        ds = describe(sar[r0:r1, c0:c1], "sar", mask=vb)
+        dt = describe(opt[r0:r1, c0:c1], "optical", mask=vb)
         for i in idx:
             if report is not None:
                 report(done / max(len(points), 1))
@@ -375,9 +380,9 @@ def match_pair(sar_path: str, opt_path: str, params: Optional[MatchParams] = Non
         rep.update("Matching", done / max(total, 1), f"Matching {done}/{total}")
 
     if matcher is None and params.method == "deep":
-        from .deep.matcher import deep_tile_matcher
+        from .deep.matcher import tile_matcher_for
 
-        matcher = deep_tile_matcher(models)
+        matcher = tile_matcher_for(models, tiling.block)
     matches = timed("Matching", match_tiles, pair, stretch, points, params, run,
                     matcher or classical_tile_matcher(tiling.block), on_match)
     if acc is not None and hasattr(acc, "scores"):

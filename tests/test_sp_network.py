@@ -182,3 +182,77 @@ def test_real_splits_are_disjoint_and_the_bench_reads_test_sides_only(tmp_path, 
     for i in (s["train"][0], s["test"][0]):
         (root / "srif_aligned" / f"{i}_sar.png").write_bytes(b"")
     assert realdata.srif_ids(root) == [s["test"][0]]
+
+
+@pytest.fixture(scope="module")
+def sp_set(sp_export, tmp_path_factory):
+    """A models folder with an 'sp' set: the untrained CorrASL-SP export, an untrained ORN-SP and the
+    shipped lite-s1s2 goodness networks, installed the way ``sp_export --install`` does."""
+    import shutil
+
+    from engine.runtime.registry import MODELS_DIR
+    from models.training.sp_export import export_orn, install
+    from models.training.sp_orn import ORNSP
+
+    d = tmp_path_factory.mktemp("models")
+    man = json.loads((MODELS_DIR / "manifest.json").read_text())
+    for r in man["models"]:
+        if r["size"] == "lite-s1s2" and r["name"].startswith("goodness"):
+            shutil.copy(MODELS_DIR / r["file"], d / r["file"])
+    (d / "manifest.json").write_text(json.dumps({"models": [r for r in man["models"] if r["size"] == "lite-s1s2"
+                                                            and r["name"].startswith("goodness")]}))
+    for f in sp_export.glob("corrasl_*_sp.onnx"):
+        shutil.copy(f, d / f.name)
+    torch.manual_seed(0)
+    torch.save({"model": ORNSP().state_dict(), "extra": {"pos_px": 1.0, "neg_px": 2.5}}, d / "orn.pt")
+    export_orn(d / "orn.pt", d, "sp")
+    recs = install("sp", "lite-s1s2", models_dir=d)
+    assert {(r["name"], r["size"]) for r in recs} == {(n, "sp") for n in
+                                                      ("corrasl_sar", "corrasl_opt", "orn", "goodness_sar", "goodness_opt")}
+    return d
+
+
+def test_deep_pipeline_with_an_sp_set_is_the_structural_matcher_at_init(sp_set, tmp_path):
+    """Untrained CorrASL-SP in the deep pipeline: same candidates and offsets as the structural matcher
+    (features once per descriptor block), plus an ORN reliability on every match."""
+    from dataclasses import replace
+
+    from engine.params import MatchParams
+    from engine.pipeline import match_pair
+    from engine.runtime.deep import DeepModels
+    from engine.simulate.pair import simulate_pair
+    from engine.simulate.params import MisregParams, SceneParams
+
+    pair = simulate_pair(str(tmp_path), "s", scene=SceneParams(size=640, kind="suburban", seed=5),
+                         misreg=MisregParams(shift=(6.0, -4.0)))
+    models = DeepModels("sp", "cpu", models_dir=sp_set, threads=1)
+    assert models.kind == "sp" and models.sp.geometry.heatmap == 129
+    assert models.input_map["corrasl_sar"] == (0.0, 1.0) and models.input_map["goodness_sar"] == (0.5, 4.0)
+    base = MatchParams(candidates="structure", n_target=40)
+    deep = match_pair(pair.sar, pair.optical, replace(base, method="deep", model_size="sp"), models=models)
+    ref = match_pair(pair.sar, pair.optical, replace(base, method="structural"))
+    a = np.array([[p.sar_x, p.sar_y] for p in deep.tieset.points])
+    b = np.array([[p.sar_x, p.sar_y] for p in ref.tieset.points])
+    assert a.shape == b.shape and len(a) >= 20
+    assert np.abs(a - b).max() < 0.05 * float(np.max(deep.tieset.pixel_size)) + 1e-9
+    orn = np.array([p.orn_prob for p in deep.tieset.points])
+    assert np.all((orn >= 0) & (orn <= 1))
+
+
+def test_an_sp_set_with_a_foreign_orn_is_refused(sp_set, tmp_path):
+    import shutil
+
+    from engine.runtime.deep import DeepModels
+
+    d = tmp_path / "models"
+    shutil.copytree(sp_set, d)
+    from engine.runtime.registry import MODELS_DIR
+    shutil.copy(MODELS_DIR / "orn_lite-s1s2.onnx", d / "orn_sp.onnx")   # the 2 px CorrASL's ORN in its place
+    doc = json.loads((d / "manifest.json").read_text())
+    from engine.runtime.registry import sha256_of
+    for r in doc["models"]:
+        if r["name"] == "orn" and r["size"] == "sp":
+            r["sha256"] = sha256_of(d / "orn_sp.onnx")
+    (d / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="do not belong together|does not judge 65 x 65 ZNCC crops"):
+        DeepModels("sp", "cpu", models_dir=d, threads=1)

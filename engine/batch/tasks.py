@@ -298,10 +298,10 @@ def match_tile(plan: TilePlan, index: int, selection):
         p = plan.job.params
         models = None
         if p.method == "deep":
-            from ..deep.matcher import deep_tile_matcher
+            from ..deep.matcher import tile_matcher_for
 
             models = get_models(p.model_size, p.device)
-            matcher = deep_tile_matcher(models)
+            matcher = tile_matcher_for(models, plan.block)
         else:
             matcher = classical_tile_matcher(plan.block)
         run = TileRun(tiles=[tile])

@@ -84,3 +84,34 @@ def deep_tile_matcher(models, chunk: int = CHUNK, cancel_check: Optional[Callabl
         return out
 
     return run
+
+
+def sp_tile_matcher(models, block: int):
+    """A ``TileMatcher`` for CorrASL-SP model sets: the network's stride-1 features computed once per
+    descriptor block (``pipeline._match_structural_blocks`` with the network as the descriptor), the ZNCC
+    heatmap at 1 px cells, and the set's ORN on the 65 x 65 cells around each peak (raw ZNCC values)."""
+    from ..pipeline import _match_structural_blocks
+
+    def run(tile, points: np.ndarray, params: MatchParams,
+            report: Optional[Callable[[float], None]] = None) -> list[PatchMatch]:
+        out = _match_structural_blocks(tile.sar, tile.opt, tile.valid, points, params, report, block,
+                                       tile.origin, describe=models.sp.describe)
+        if out:
+            crops = []
+            for m in out:
+                h = np.asarray(m.heatmap, np.float32)
+                h = np.where(np.isfinite(h), h, np.nanmin(h) if np.isfinite(h).any() else 0.0)
+                crops.append(orn_crop(h))
+            for m, p in zip(out, models.reliability(np.stack(crops))):
+                m.reliability = float(p)
+        return out
+
+    return run
+
+
+def tile_matcher_for(models, block: int):
+    """The deep ``TileMatcher`` the loaded set calls for: CorrASL-SP (features once per block) or the
+    published CorrASL (windows in batches); the kind comes from the models' metadata."""
+    if getattr(models, "kind", "corrasl") == "sp":
+        return sp_tile_matcher(models, block)
+    return deep_tile_matcher(models)

@@ -91,16 +91,46 @@ class DeepModels:
                 raise ModelError(f"model set '{size}' is refused: {exc}") from None
             self.sessions[name] = make_session(path, provider, threads, arena=not name.startswith("goodness"))
         self.provider = self.sessions["corrasl_sar"].provider
-        self._check_metadata()
-        pre = self.sessions["corrasl_sar"].metadata.get("preprocessing", {})
-        self.centre = float(pre.get("input_centre", 0.5))
-        self.scale = float(pre.get("input_scale", 4.0))
+        self.kind = "sp" if self.sessions["corrasl_sar"].metadata.get("similarity") == "zncc" else "corrasl"
+        """'sp': CorrASL with the structural prior (stride-1 features, ZNCC at 1 px cells, ``engine.runtime.sp``);
+        'corrasl': the published architecture (2 px cells, 65 x 65 heatmaps)."""
+        self.sp = None
+        if self.kind == "sp":
+            from .sp import SPFeatures
+
+            self._check_sp_metadata()
+            self.sp = SPFeatures.from_sessions(self.sessions["corrasl_sar"], self.sessions["corrasl_opt"])
+        else:
+            self._check_metadata()
+        self.input_map: dict[str, tuple[float, float]] = {}
+        """Per network: the fixed affine map unit image -> network input, from its own metadata."""
+        for name, sess in self.sessions.items():
+            pre = sess.metadata.get("preprocessing", {})
+            self.input_map[name] = (float(pre.get("input_centre", 0.5)), float(pre.get("input_scale", 4.0)))
+        self.centre, self.scale = self.input_map["corrasl_sar"]
         self.versions = {n: s.metadata.get("version", "?") for n, s in self.sessions.items()}
         self.max_batch: dict[str, int] = {}
         self.warnings: list[str] = []
         corr = self.sessions["corrasl_sar"].metadata.get("offset_correction_px", [0.0, 0.0])
         self.offset_correction = (float(corr[0]), float(corr[1]))
         """(drow, dcol) px subtracted from every CorrASL offset: its bias measured on validation pairs."""
+
+    def _check_sp_metadata(self) -> None:
+        """A CorrASL-SP set: its two streams and ORN are one build of this set; its goodness networks are
+        the ones its CorrASL metadata names (``goodness_set``), re-used unchanged from that set."""
+        own = ("corrasl_sar", "corrasl_opt", "orn")
+        versions = {self.sessions[n].metadata.get("version") for n in own}
+        sizes = {self.sessions[n].metadata.get("size") for n in own}
+        good_from = self.sessions["corrasl_sar"].metadata.get("goodness_set", self.size)
+        good_sizes = {self.sessions[n].metadata.get("size") for n in ("goodness_sar", "goodness_opt")}
+        if len(versions) != 1 or sizes != {self.size} or good_sizes != {good_from}:
+            raise ModelError(f"the installed model files of set '{self.size}' do not belong together (CorrASL/ORN "
+                             f"versions {sorted(map(str, versions))}, sizes {sorted(map(str, sizes))}; goodness from "
+                             f"{sorted(map(str, good_sizes))}, expected '{good_from}'); reinstall the plugin")
+        orn = self.sessions["orn"].metadata
+        if orn.get("input") != "zncc_crop" or orn.get("heatmap") != 65:
+            raise ModelError(f"the ORN of set '{self.size}' does not judge 65 x 65 ZNCC crops "
+                             f"(input={orn.get('input')!r}, heatmap={orn.get('heatmap')!r}); reinstall the plugin")
 
     def _check_metadata(self) -> None:
         versions = {s.metadata.get("version") for s in self.sessions.values()}
@@ -115,8 +145,9 @@ class DeepModels:
                                  "the model was built for another engine version")
 
     # ------------------------------------------------------------------ raw network calls
-    def to_input(self, unit: np.ndarray) -> np.ndarray:
-        return ((np.asarray(unit, np.float32) - self.centre) * self.scale).astype(np.float32)
+    def to_input(self, unit: np.ndarray, network: str = "corrasl_sar") -> np.ndarray:
+        centre, scale = self.input_map.get(network, (self.centre, self.scale))
+        return ((np.asarray(unit, np.float32) - centre) * scale).astype(np.float32)
 
     def _run(self, name: str, x: np.ndarray, batch: int = 0) -> np.ndarray:
         """Run ``name`` over ``x`` in batches; on an out-of-memory error retry with half the batch.
@@ -146,10 +177,10 @@ class DeepModels:
 
     def sar_features(self, search_unit: np.ndarray) -> np.ndarray:
         """(N,H,W) unit SAR -> (N,C,(H-7)//2,(W-7)//2) L2-normalised features."""
-        return self._run("corrasl_sar", self.to_input(search_unit)[:, None])
+        return self._run("corrasl_sar", self.to_input(search_unit, "corrasl_sar")[:, None])
 
     def opt_features(self, template_unit: np.ndarray) -> np.ndarray:
-        return self._run("corrasl_opt", self.to_input(template_unit)[:, None])
+        return self._run("corrasl_opt", self.to_input(template_unit, "corrasl_opt")[:, None])
 
     def heatmaps(self, search_unit: np.ndarray, template_unit: np.ndarray) -> np.ndarray:
         """(N,S,S) SAR windows x (N,128,128) optical templates -> raw heatmaps, (N,65,65) for S = 256.
@@ -179,11 +210,11 @@ class DeepModels:
         H, W = unit.shape
         n_r, n_c = _goodness_cells(H), _goodness_cells(W)
         if H <= block + 2 * GOOD_REACH and W <= block + 2 * GOOD_REACH:
-            return self._run(name, self.to_input(unit)[None, None])[0, 0]
+            return self._run(name, self.to_input(unit, name)[None, None])[0, 0]
         out = np.empty((n_r, n_c), np.float32)
         for rows, a, b in _goodness_blocks(n_r, H, block):
             for cols, c, d in _goodness_blocks(n_c, W, block):
-                g = self._run(name, self.to_input(unit[a:b, c:d])[None, None])[0, 0]
+                g = self._run(name, self.to_input(unit[a:b, c:d], name)[None, None])[0, 0]
                 # block cell k is image cell a/32 + k
                 out[np.ix_(rows, cols)] = g[np.ix_(rows - a // GOOD_STRIDE, cols - c // GOOD_STRIDE)]
         return out
@@ -191,4 +222,4 @@ class DeepModels:
     def crop_goodness(self, crops_unit: np.ndarray, modality: str) -> np.ndarray:
         """Goodness of (N,128,128) crops, (N,)."""
         name = "goodness_sar" if modality == "sar" else "goodness_opt"
-        return self._run(name, self.to_input(crops_unit)[:, None], batch=64).reshape(-1)
+        return self._run(name, self.to_input(crops_unit, name)[:, None], batch=64).reshape(-1)

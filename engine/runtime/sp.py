@@ -59,8 +59,18 @@ class SPFeatures:
     """Loaded CorrASL-SP streams: ``describe`` (features of an image) and ``match_patch``."""
 
     def __init__(self, sar_path: Path, opt_path: Path, provider: str = "auto", threads: Optional[int] = None) -> None:
-        self.sessions = {m: make_session(Path(p), provider, threads, arena=False)
-                         for m, p in (("sar", sar_path), ("optical", opt_path))}
+        self._setup({m: make_session(Path(p), provider, threads, arena=False)
+                     for m, p in (("sar", sar_path), ("optical", opt_path))})
+
+    @classmethod
+    def from_sessions(cls, sar_session, opt_session) -> "SPFeatures":
+        """From sessions a model set already loaded and verified (``deep.DeepModels``)."""
+        obj = cls.__new__(cls)
+        obj._setup({"sar": sar_session, "optical": opt_session})
+        return obj
+
+    def _setup(self, sessions: dict) -> None:
+        self.sessions = sessions
         geos = {m: read_geometry(s.metadata, f"corrasl_{m}") for m, s in self.sessions.items()}
         if geos["sar"] != geos["optical"]:
             raise ModelError(f"the two CorrASL-SP streams disagree on geometry: {geos['sar']} vs {geos['optical']}")

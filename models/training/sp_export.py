@@ -98,15 +98,106 @@ def export(checkpoint_path: Path, size: str, out: Path, tag: str) -> list[Path]:
     return written
 
 
+class _ORN(nn.Module):
+    def __init__(self, orn: nn.Module) -> None:
+        super().__init__()
+        self.orn = orn
+
+    def forward(self, heatmap: torch.Tensor) -> torch.Tensor:
+        return self.orn(heatmap)
+
+
+def export_orn(checkpoint_path: Path, out: Path, tag: str) -> Path:
+    """ORN-SP (``sp_orn.ORNSP``): raw ZNCC crop (N,65,65) -> reliability (N,)."""
+    import onnx
+
+    from .sp_orn import CROP, ORNSP
+
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    orn = ORNSP()
+    orn.load_state_dict(state["model"])
+    mod = _ORN(orn).eval()
+    p = out / f"orn_{tag}.onnx"
+    tmp = p.with_name(p.name + ".part")
+    torch.onnx.export(mod, (torch.rand(2, CROP, CROP),), str(tmp), input_names=["heatmap"],
+                      output_names=["reliability"], opset_version=OPSET,
+                      dynamic_shapes={"heatmap": {0: torch.export.Dim("batch", min=1, max=65536)}}, dynamo=True,
+                      external_data=False)
+    model = onnx.load(str(tmp))
+    extra = dict(state.get("extra") or {})
+    meta = {"name": "orn", "network": "outlier reduction (CorrASL-SP)", "version": VERSION, "size": tag,
+            "input": "zncc_crop", "heatmap": CROP,
+            "input_description": "raw ZNCC heatmap cells (N,65,65) centred on the peak (engine.deep.matcher.orn_crop), "
+                                 "not rescaled: the absolute peak height is evidence",
+            "label_thresholds": {"pos_error_px": extra.get("pos_px"), "neg_error_px": extra.get("neg_px")},
+            "training": {k: extra.get(k) for k in ("seconds", "examples", "train_pos", "train_neg", "corrasl")},
+            "validation": {k: extra.get(k) for k in ("val_acc", "val_le1_all", "val_le1_kept", "val_kept")}}
+    del model.metadata_props[:]
+    for k, val in meta.items():
+        q = model.metadata_props.add()
+        q.key, q.value = k, json.dumps(val)
+    onnx.save(model, str(tmp))
+    tmp.replace(p)
+    return p
+
+
+def install(tag: str, goodness_set: str, make_default: bool = False, models_dir: Path = MODELS_DIR) -> list[dict]:
+    """Add set ``tag`` to the manifest: its CorrASL-SP streams and ORN, and ``goodness_set``'s goodness files
+    (re-used unchanged; the streams' metadata names that set). Existing records of ``tag`` are replaced."""
+    import onnx
+
+    from engine.runtime.registry import sha256_of
+
+    man_path = models_dir / "manifest.json"
+    doc = json.loads(man_path.read_text(encoding="utf-8"))
+    records = []
+    for name in ("corrasl_sar", "corrasl_opt", "orn"):
+        f = models_dir / f"{name}_{tag}.onnx"
+        if name.startswith("corrasl"):  # record where the set's goodness networks come from
+            m = onnx.load(str(f))
+            meta = {q.key: q.value for q in m.metadata_props}
+            if meta.get("goodness_set") != json.dumps(goodness_set):
+                q = m.metadata_props.add()
+                q.key, q.value = "goodness_set", json.dumps(goodness_set)
+                tmp = f.with_name(f.name + ".part")
+                onnx.save(m, str(tmp))
+                tmp.replace(f)
+        records.append({"name": name, "size": tag, "file": f.name, "sha256": sha256_of(f), "bytes": f.stat().st_size,
+                        "metadata": {"version": VERSION, "similarity": "zncc" if name != "orn" else None,
+                                     "goodness_set": goodness_set}})
+    for r in doc["models"]:
+        if r["size"] == goodness_set and r["name"].startswith("goodness"):
+            records.append({**r, "size": tag, "metadata": {**r.get("metadata", {}), "shared_from": goodness_set}})
+    doc["models"] = [r for r in doc["models"] if r["size"] != tag] + records
+    if make_default:
+        doc["default"] = tag
+    tmp = man_path.with_name("manifest.json.part")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(man_path)
+    return records
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.training.sp_export", description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=tuple(SP_WIDTHS), default="sp")
     p.add_argument("--checkpoint", default=None, help="default: models/training/checkpoints/corrasl_<size>.pt")
     p.add_argument("--tag", default=None, help="model-set name in the file names (default: the size)")
     p.add_argument("--out", default=str(MODELS_DIR))
+    p.add_argument("--orn", default=None, help="ORN-SP checkpoint (default: checkpoints/orn_<size>.pt when present)")
+    p.add_argument("--install", metavar="GOODNESS_SET", default=None,
+                   help="also add the set to models/manifest.json, re-using GOODNESS_SET's goodness networks")
+    p.add_argument("--make-default", action="store_true", help="with --install: make it the default set")
     a = p.parse_args(argv)
-    ck = Path(a.checkpoint) if a.checkpoint else Path(__file__).resolve().parent / "checkpoints" / f"corrasl_{a.size}.pt"
-    export(ck, a.size, Path(a.out), a.tag or a.size)
+    here = Path(__file__).resolve().parent / "checkpoints"
+    ck = Path(a.checkpoint) if a.checkpoint else here / f"corrasl_{a.size}.pt"
+    tag = a.tag or a.size
+    export(ck, a.size, Path(a.out), tag)
+    orn = Path(a.orn) if a.orn else here / f"orn_{a.size}.pt"
+    if orn.exists():
+        print(f"wrote {export_orn(orn, Path(a.out), tag)}", flush=True)
+    if a.install:
+        for r in install(tag, a.install, a.make_default, Path(a.out)):
+            print(f"manifest: {r['name']} {r['size']} {r['file']} {r['sha256'][:12]}", flush=True)
 
 
 if __name__ == "__main__":
