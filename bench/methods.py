@@ -61,26 +61,69 @@ SP_MODELS_ENV = "SOM_SP_MODELS"
 (default: the shipped models folder)."""
 
 
-def _sp_method(model_set: str = "sp") -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
-    """CorrASL with the structural prior (stride-1 features, ZNCC heatmap), same keep rule as structural."""
-    import os
-    from pathlib import Path
+class _SPPair:
+    """CorrASL-SP outputs of one pair (match + ORN), computed once and shared by the SP variants."""
 
+    _by_set: dict = {}
+
+    def __init__(self, model_set: str) -> None:
+        import os
+        from pathlib import Path
+
+        from engine.runtime.registry import MODELS_DIR
+        from engine.runtime.session import make_session
+        from engine.runtime.sp import SPFeatures
+
+        d = Path(os.environ.get(SP_MODELS_ENV) or MODELS_DIR)
+        self.feats = SPFeatures(d / f"corrasl_sar_{model_set}.onnx", d / f"corrasl_opt_{model_set}.onnx", "cpu",
+                                threads=1)
+        orn = d / f"orn_{model_set}.onnx"
+        self.orn = make_session(orn, "cpu", 1) if orn.exists() else None
+        self.key: tuple = ()
+        self.value: dict = {}
+
+    @classmethod
+    def of(cls, model_set: str) -> "_SPPair":
+        if model_set not in cls._by_set:
+            cls._by_set[model_set] = cls(model_set)
+        return cls._by_set[model_set]
+
+    def get(self, search: np.ndarray, template: np.ndarray) -> dict:
+        from engine.deep.matcher import orn_crop
+
+        key = (id(search), id(template), float(search.flat[0]), float(template.flat[-1]))
+        if key != self.key:
+            m = self.feats.match_patch(search, template)
+            p = float("nan")
+            if self.orn is not None:
+                h = np.asarray(m.heatmap, np.float32)
+                h = np.where(np.isfinite(h), h, np.nanmin(h))
+                p = float(self.orn.run(orn_crop(h)[None])[0])
+            self.key, self.value = key, {"match": m, "orn": p}
+        return self.value
+
+
+def _sp_method(model_set: str = "sp", variant: str = "corrasl") -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
+    """CorrASL with the structural prior (stride-1 features, ZNCC heatmap). ``variant`` 'corrasl': the same keep
+    rule as structural; 'orn': kept when the set's ORN-SP gives >= DEEP_THRESHOLD."""
     from engine.params import MatchParams
-    from engine.runtime.registry import MODELS_DIR
-    from engine.runtime.sp import SPFeatures
 
-    d = Path(os.environ.get(SP_MODELS_ENV) or MODELS_DIR)
-    feats = SPFeatures(d / f"corrasl_sar_{model_set}.onnx", d / f"corrasl_opt_{model_set}.onnx", "cpu", threads=1)
+    pair = _SPPair.of(model_set)
+    if variant == "orn" and pair.orn is None:
+        raise FileNotFoundError(f"no orn_{model_set}.onnx beside the CorrASL-SP streams")
     min_q = MatchParams().min_quality
 
     def run(search: np.ndarray, template: np.ndarray) -> PatchOutcome:
         try:
-            m = feats.match_patch(search, template)
+            v = pair.get(search, template)
         except Exception as exc:
             return PatchOutcome((math.nan, math.nan), error=f"{type(exc).__name__}: {exc}")
+        m = v["match"]
         radius = (search.shape[0] - template.shape[0]) // 2
         on_edge = max(abs(m.peak[0]), abs(m.peak[1])) >= radius
+        if variant == "orn":
+            return PatchOutcome((float(m.offset[0]), float(m.offset[1])), v["orn"],
+                                bool(v["orn"] >= DEEP_THRESHOLD and not on_edge))
         q = float(m.quality)
         return PatchOutcome((float(m.offset[0]), float(m.offset[1])), q, bool(q >= min_q and not on_edge))
 
@@ -203,6 +246,8 @@ def available_methods(names: Optional[list[str]] = None) -> tuple[list[PatchMeth
          f"goodness and ORN both >= {DEEP_THRESHOLD}"),
         ("corrasl_sp", "CorrASL-SP alone: structural prior + learned residual (ours, deep)", "deep",
          lambda: _sp_method("sp"), f"peak quality >= {q}, not on the window edge"),
+        ("corrasl_sp_orn", "CorrASL-SP + ORN-SP (ours, deep)", "deep", lambda: _sp_method("sp", "orn"),
+         f"ORN-SP reliability >= {DEEP_THRESHOLD}, not on the window edge"),
         ("corrasl_s1s2", "CorrASL alone, fine-tuned on s1s2 train split (ours, deep)", "deep",
          lambda: _deep_method("corrasl", model_set=FINETUNED_SET), "peak not on the heatmap edge"),
         ("deep_full_s1s2", "Goodness + CorrASL + ORN, CorrASL fine-tuned on s1s2 (ours, deep)", "deep",
@@ -221,6 +266,6 @@ def available_methods(names: Optional[list[str]] = None) -> tuple[list[PatchMeth
 
 
 METHOD_ORDER = ("ncc", "mi", "structural", "sift_ransac", "arosics", "corrasl", "corrasl_orn", "goodness_corrasl",
-                "deep_full", "corrasl_s1s2", "deep_full_s1s2", "corrasl_sp")
+                "deep_full", "corrasl_s1s2", "deep_full_s1s2", "corrasl_sp", "corrasl_sp_orn")
 REFERENCE_METHOD = "ncc"
 """Speed ratios ("computational units") are relative to this method."""

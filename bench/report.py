@@ -20,6 +20,8 @@ LABELS = {
     "deep": "Deep pipeline (goodness + CorrASL + ORN)",
     "corrasl_s1s2": "CorrASL alone, fine-tuned on s1s2 train split (deep)",
     "deep_full_s1s2": "Goodness + CorrASL + ORN, CorrASL fine-tuned on s1s2 (deep)",
+    "corrasl_sp": "CorrASL-SP alone: structural prior + learned residual (deep)",
+    "corrasl_sp_orn": "CorrASL-SP + ORN-SP (deep)",
 }
 
 

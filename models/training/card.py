@@ -133,6 +133,10 @@ def write_card(args: argparse.Namespace) -> Path:
     tmp.replace(man_path)
     card = MODELS_DIR / "MODEL_CARD.md"
     text = render(args.size, sets, doc["default"], records, extras, bm, bench)
+    from .sp_card import BEGIN, END   # the CorrASL-SP section is written by sp_card; keep it
+    old = card.read_text(encoding="utf-8") if card.exists() else ""
+    if BEGIN in old and END in old:
+        text = text.rstrip("\n") + "\n\n" + old[old.index(BEGIN):old.index(END) + len(END)] + "\n"
     tmp = card.with_name("MODEL_CARD.md.part")
     tmp.write_text(text)
     tmp.replace(card)
