@@ -256,3 +256,41 @@ def test_an_sp_set_with_a_foreign_orn_is_refused(sp_set, tmp_path):
     (d / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(ModelError, match="do not belong together|does not judge 65 x 65 ZNCC crops"):
         DeepModels("sp", "cpu", models_dir=d, threads=1)
+
+
+def test_orn_sp_export_matches_torch_and_reads_peak_height(sp_set):
+    import onnxruntime as ort
+
+    from models.training.sp_orn import ORNSP
+
+    orn = ORNSP()
+    orn.load_state_dict(torch.load(sp_set / "orn.pt", weights_only=False)["model"])
+    orn.eval()
+    yy, xx = np.mgrid[:65, :65]
+    sharp = (0.9 * np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / 4.0) + 0.05).astype(np.float32)
+    flat = np.full((65, 65), 0.3, np.float32)
+    x = np.stack([sharp, flat])
+    s = ORNSP.scalars(torch.tensor(x)).numpy()
+    assert s[0, 0] == pytest.approx(0.95, abs=1e-3) and s[0, 1] < 0.1   # peak vs best value off the peak
+    assert s[1, 0] == pytest.approx(0.3) and s[1, 1] == pytest.approx(0.3)
+    sess = ort.InferenceSession(str(sp_set / "orn_sp.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"heatmap": x})[0]
+    with torch.no_grad():
+        want = orn(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_card_section_states_the_measured_numbers(sp_set, tmp_path):
+    from models.training.sp_card import BEGIN, END, render
+
+    torch.save({"model": {}, "step": 120, "extra": {"seconds": 1800.0, "batch": 8, "lr": 5e-4, "mix": {"srif": 1.0}}},
+               tmp_path / "corrasl_sp.pt")
+    row = lambda a, b: {"accuracy": a, "within_3px": b, "n": 10}  # noqa: E731
+    bench = {"real": {"sets": {"srif_aligned": {"n_pairs": 10, "all": {"structural": row(13.3, 73.3),
+                                                                      "corrasl_sp": row(16.7, 76.7)},
+                                                "kept": {"structural": row(13.8, 75.9)}}}}}
+    text = render("sp", bench, models_dir=sp_set, checkpoints=tmp_path)
+    assert text.startswith(BEGIN) and text.rstrip().endswith(END)
+    assert "120 steps of batch 8" in text and "30 CPU-min" in text
+    assert "| srif_aligned | 10 | 13.3 | 73.3 | 16.7 | 76.7 | – | – | 13.8 | 75.9 (10)" in text
+    assert "orn_sp.onnx" in text   # the installed files with their sha256

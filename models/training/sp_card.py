@@ -31,10 +31,10 @@ def _row(m: dict) -> str:
     return f"{f(m.get('accuracy'))} | {f(m.get('within_3px'))}"
 
 
-def render(tag: str, bench: dict) -> str:
-    corr = _ck(HERE / "checkpoints" / "corrasl_sp.pt")
-    orn = _ck(HERE / "checkpoints" / "orn_sp.pt")
-    man = json.loads((MODELS_DIR / "manifest.json").read_text(encoding="utf-8"))
+def render(tag: str, bench: dict, models_dir: Path = MODELS_DIR, checkpoints: Path = HERE / "checkpoints") -> str:
+    corr = _ck(checkpoints / "corrasl_sp.pt")
+    orn = _ck(checkpoints / "orn_sp.pt")
+    man = json.loads((models_dir / "manifest.json").read_text(encoding="utf-8"))
     recs = [r for r in man["models"] if r["size"] == tag]
     hours = (float(corr.get("seconds", 0)) + float(orn.get("seconds", 0))) / 3600
     lines = [BEGIN, f"## Model set `{tag}`: CorrASL with a structural prior (issue 13)", "",
