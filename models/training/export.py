@@ -97,8 +97,6 @@ def run_for(kind: str, model_set: str) -> Path:
 
 def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: str, path: Path, meta: dict,
             spatial_dynamic: bool = True) -> None:
-    import onnx
-
     module.eval()
     dims = {0: torch.export.Dim("batch", min=1, max=65536)}
     if spatial_dynamic:
@@ -107,6 +105,14 @@ def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: st
     tmp = path.with_name(path.name + ".part")
     torch.onnx.export(module, (example,), str(tmp), input_names=[in_name], output_names=[out_name],
                       opset_version=OPSET, dynamic_shapes={arg: dims}, dynamo=True, external_data=False)
+    finish_with_metadata(tmp, path, meta)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
+
+
+def finish_with_metadata(tmp: Path, path: Path, meta: dict) -> None:
+    """Replace the exported graph's metadata by ``meta`` (JSON values) and move ``tmp`` onto ``path``."""
+    import onnx
+
     model = onnx.load(str(tmp))
     del model.metadata_props[:]
     for k, v in meta.items():
@@ -114,7 +120,6 @@ def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: st
         p.key, p.value = k, json.dumps(v)
     onnx.save(model, str(tmp))
     tmp.replace(path)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
 
 
 def export(args: argparse.Namespace) -> list[Path]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .export import _export, finish_with_metadata
 from .sp_nets import CELL_PX, CENTRE_CELL, HEATMAP, SEARCH_PX, SP_WIDTHS, TEMPLATE_PX, CorrASLSP
 
 MODELS_DIR = Path(__file__).resolve().parents[1]
@@ -42,8 +43,6 @@ class _Stream(nn.Module):
 
 
 def export_stream(stream: nn.Module, path: Path, meta: dict, example_px: int) -> None:
-    import onnx
-
     mod = _Stream(stream).eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     dims = {0: batch, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
@@ -53,13 +52,7 @@ def export_stream(stream: nn.Module, path: Path, meta: dict, example_px: int) ->
     torch.onnx.export(mod, (x, v), str(tmp), input_names=["image", "valid"], output_names=["features"],
                       opset_version=OPSET, dynamic_shapes={"image": dims, "valid": dims}, dynamo=True,
                       external_data=False)
-    model = onnx.load(str(tmp))
-    del model.metadata_props[:]
-    for k, val in meta.items():
-        p = model.metadata_props.add()
-        p.key, p.value = k, json.dumps(val)
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    finish_with_metadata(tmp, path, meta)
 
 
 def geometry(size: str) -> dict:
@@ -109,21 +102,12 @@ class _ORN(nn.Module):
 
 def export_orn(checkpoint_path: Path, out: Path, tag: str) -> Path:
     """ORN-SP (``sp_orn.ORNSP``): raw ZNCC crop (N,65,65) -> reliability (N,)."""
-    import onnx
-
     from .sp_orn import CROP, ORNSP
 
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     orn = ORNSP()
     orn.load_state_dict(state["model"])
-    mod = _ORN(orn).eval()
     p = out / f"orn_{tag}.onnx"
-    tmp = p.with_name(p.name + ".part")
-    torch.onnx.export(mod, (torch.rand(2, CROP, CROP),), str(tmp), input_names=["heatmap"],
-                      output_names=["reliability"], opset_version=OPSET,
-                      dynamic_shapes={"heatmap": {0: torch.export.Dim("batch", min=1, max=65536)}}, dynamo=True,
-                      external_data=False)
-    model = onnx.load(str(tmp))
     extra = dict(state.get("extra") or {})
     meta = {"name": "orn", "network": "outlier reduction (CorrASL-SP)", "version": VERSION, "size": tag,
             "input": "zncc_crop", "heatmap": CROP,
@@ -132,12 +116,7 @@ def export_orn(checkpoint_path: Path, out: Path, tag: str) -> Path:
             "label_thresholds": {"pos_error_px": extra.get("pos_px"), "neg_error_px": extra.get("neg_px")},
             "training": {k: extra.get(k) for k in ("seconds", "examples", "train_pos", "train_neg", "corrasl")},
             "validation": {k: extra.get(k) for k in ("val_acc", "val_le1_all", "val_le1_kept", "val_kept")}}
-    del model.metadata_props[:]
-    for k, val in meta.items():
-        q = model.metadata_props.add()
-        q.key, q.value = k, json.dumps(val)
-    onnx.save(model, str(tmp))
-    tmp.replace(p)
+    _export(_ORN(orn), torch.rand(2, CROP, CROP), "heatmap", "reliability", p, meta, spatial_dynamic=False)
     return p
 
 
