@@ -6,7 +6,10 @@ and that folder name becomes the Python package name, so everything goes under
 ``sar_optical_matcher/``. Only what runs inside QGIS is shipped: the engine, the plugin adapter,
 resources, the bundled models with their card, metadata, licence, readme and constraints.txt (the
 pins the dependency installer gives pip). Tests, benchmarks, training code, docs and development
-files stay out. The archive is reproducible (sorted entries, fixed timestamps), so two builds of the same tree are byte-identical.
+files stay out, except the files the shipped README (and the Markdown files it ships that way) links to
+relatively, such as ``docs/img/dock_300px.png`` or ``docs/BENCHMARKS.md``: those go in at the same relative
+path, so every relative link in the installed README resolves. The archive is reproducible (sorted entries,
+fixed timestamps), so two builds of the same tree are byte-identical.
 
 Usage: python3 scripts/package.py [--root REPO] [--out dist]   (stdlib only)
 """
@@ -16,6 +19,7 @@ import argparse
 import configparser
 import fnmatch
 import os
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -34,6 +38,54 @@ ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 def _excluded(name: str) -> bool:
     return any(fnmatch.fnmatch(name, pat) for pat in EXCLUDE)
+
+
+_LINK = re.compile(r"""!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+(?:"[^"]*"|'[^']*'|\([^)]*\)))?\s*\)""")
+"""A Markdown inline link or image, ``[text](target)`` or ``![alt](target "title")``: group 1 is the target."""
+
+
+def relative_links(markdown: str) -> list[str]:
+    """The relative link targets of ``markdown`` (no URL scheme, no ``#`` anchor-only links, no absolute
+    paths), without their ``#fragment`` or ``?query``, in order of appearance, each once."""
+    out: list[str] = []
+    markdown = re.sub(r"^ {0,3}(```|~~~).*?^ {0,3}\1", "", markdown, flags=re.S | re.M)   # fenced code
+    markdown = re.sub(r"`[^`\n]*`", "", markdown)                                          # inline code
+    for m in _LINK.finditer(markdown):
+        target = m.group(1)
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", target) or target.startswith(("#", "/")):
+            continue
+        target = target.split("#", 1)[0].split("?", 1)[0]
+        if target and target not in out:
+            out.append(target)
+    return out
+
+
+def linked_files(root: Path, shipped: set[str]) -> list[tuple[Path, str]]:
+    """Files the shipped Markdown files link to relatively and that are not shipped yet, followed from
+    the README through every Markdown file added this way. A link that leaves the repository or names a
+    missing file or a folder is an error: the installed README would have a dead link."""
+    extra: list[tuple[Path, str]] = []
+    queue = [rel for rel in sorted(shipped) if rel in ("README.md", "README.txt")]
+    seen = set(queue)
+    while queue:
+        rel = queue.pop(0)
+        text = (root / rel).read_text(encoding="utf-8", errors="replace")
+        base = Path(rel).parent
+        for target in relative_links(text):
+            target_rel = os.path.normpath((base / target).as_posix()).replace(os.sep, "/")
+            if target_rel.startswith("../") or target_rel == "..":
+                raise SystemExit(f"error: {rel} links to {target!r}, outside the plugin folder; the ZIP cannot "
+                                 "ship it (link to it by an absolute URL, or name it without a link)")
+            src = root / target_rel
+            if not src.is_file():
+                raise SystemExit(f"error: {rel} links to {target!r}, which is not a file in {root}")
+            if target_rel not in shipped:
+                shipped.add(target_rel)
+                extra.append((src, target_rel))
+            if target_rel.endswith(".md") and target_rel not in seen:
+                seen.add(target_rel)
+                queue.append(target_rel)
+    return extra
 
 
 def collect(root: Path) -> list[tuple[Path, str]]:
@@ -59,6 +111,7 @@ def collect(root: Path) -> list[tuple[Path, str]]:
         for p in sorted(models.iterdir()):
             if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in MODEL_PATTERNS):
                 files.append((p, f"models/{p.name}"))
+    files += linked_files(root, {rel for _, rel in files})
     return sorted(files, key=lambda t: t[1])
 
 
