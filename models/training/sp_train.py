@@ -12,13 +12,13 @@ Loss (per pair, on the 129 x 129 ZNCC heatmap at 1 px cells):
 
 The untrained network equals the structural matcher (the residual's last layer starts at zero), so the
 first evaluation is the structural baseline on the same pairs. Resumes from ``runs/corrasl_<set>/
-checkpoint.pt``; ``--save-every`` steps a checkpoint is written atomically, and the small committed copy
-``checkpoints/corrasl_<set>.pt`` (weights only, a few hundred kB) is refreshed with it.
+checkpoint.pt``, or from the committed ``checkpoints/corrasl_<set>.pt`` (the whole state: weights, optimiser,
+RNG, step; under a MB) when a fresh clone has no run folder; every ``--save-every`` steps both are written
+atomically.
 """
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -103,8 +103,9 @@ def train(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed)
     step, extra = checkpoint.load(run / "checkpoint.pt", net, opt, rng)
     if step == 0 and args.init and Path(args.init).exists():
-        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"])
-        step = 0
+        # the committed checkpoint holds the whole training state (weights, optimiser, RNG, step), so a fresh
+        # clone resumes where the last session stopped
+        step, extra = checkpoint.load(Path(args.init), net, opt, rng)
     seconds = float(extra.get("seconds", 0.0))
     log = checkpoint.Log(run / "log.jsonl")
     mix = dict(DEFAULT_MIX)
@@ -142,10 +143,7 @@ def train(args: argparse.Namespace) -> None:
             meta = {"seconds": seconds, "size": args.size, "widths": SP_WIDTHS[args.size].to_dict(), "mix": mix,
                     "lr": args.lr, "batch": args.batch, **ev}
             checkpoint.save(run / "checkpoint.pt", net, opt, step, rng, meta)
-            COMMITTED.mkdir(parents=True, exist_ok=True)
-            tmp = COMMITTED / f".corrasl_{args.size}.pt.part"
-            torch.save({"model": net.state_dict(), "step": step, "extra": meta}, tmp)
-            tmp.replace(COMMITTED / f"corrasl_{args.size}.pt")
+            checkpoint.save(COMMITTED / f"corrasl_{args.size}.pt", net, opt, step, rng, meta)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -160,7 +158,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--init", default=str(COMMITTED / "corrasl_sp.pt"),
-                   help="weights to start from when no run checkpoint exists (the committed checkpoint)")
+                   help="training state to resume when no run checkpoint exists (the committed checkpoint)")
 
 
 def main(argv=None) -> None:
