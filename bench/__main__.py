@@ -331,7 +331,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     g.add_argument("--full", action="store_true", help="thesis-sized sets, scenes and the 16k memory test")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     ap.add_argument("--methods", default="ncc,mi,structural,sift_ransac,arosics,lightglue,corrasl,corrasl_orn,"
-                                         "goodness_corrasl,deep_full,corrasl_s1s2,deep_full_s1s2")
+                                         "goodness_corrasl,deep_full,corrasl_s1s2,deep_full_s1s2,corrasl_sp,corrasl_sp_orn")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--memory-methods", default="ncc,deep",
                     help="engine methods whose peak memory the memory section measures (--full)")

@@ -54,13 +54,23 @@ def model_set_items() -> list[tuple[str, str]]:
 
     Labels say what each set was trained on, so the analyst can pick the fine-tuned one for
     Sentinel-1/2-like data or the simulator-only one elsewhere (models/MODEL_CARD.md has the numbers)."""
-    from ..engine.runtime.registry import available_sizes, default_set
+    from ..engine.runtime.registry import available_sizes, default_set, load_manifest
 
     sets = available_sizes()
     if not sets:
         return [("", "Not installed")]
     default = default_set()
+    man = load_manifest()
     items = [("", f"Default ({default})")]
     for s in sets:
-        items.append((s, f"{s}: fine-tuned on real Sentinel-1/2 pairs" if "-s1s2" in s else f"{s}: simulator-trained"))
+        items.append((s, f"{s}: {set_description(man[('corrasl_sar', s)].metadata)}"))
     return items
+
+
+def set_description(corrasl_meta: dict) -> str:
+    """What a set's CorrASL was trained on, from its manifest record (not from the set's name)."""
+    if corrasl_meta.get("similarity") == "zncc":
+        return "structural prior + learned residual, real and simulated pairs"
+    if "s1s2" in str(corrasl_meta.get("training", "")) or "fine-tuned" in str(corrasl_meta.get("training", "")):
+        return "fine-tuned on real Sentinel-1/2 pairs"
+    return "simulator-trained"

@@ -225,12 +225,17 @@ DEFAULT = registry.default_set()
 needs_models = pytest.mark.skipif(not SETS, reason="no complete model set in models/")
 
 
+def _file(d: Path, net: str, size: str) -> Path:
+    """The set's file for ``net`` as its manifest names it (a set may share another set's goodness files)."""
+    return d / registry.load_manifest(d)[(net, size)].path.name
+
+
 def _delete(d: Path, net: str, size: str) -> None:
-    (d / f"{net}_{size}.onnx").unlink()
+    _file(d, net, size).unlink()
 
 
 def _corrupt(d: Path, net: str, size: str) -> None:
-    p = d / f"{net}_{size}.onnx"
+    p = _file(d, net, size)
     b = bytearray(p.read_bytes())
     b[len(b) // 2] ^= 0xFF
     p.write_bytes(bytes(b))
@@ -244,8 +249,8 @@ def _unlist(d: Path, net: str, size: str) -> None:
 
 # (id, damage, network, refusal)
 D3 = [
-    ("file_deleted", _delete, "goodness_opt",
-     r"model set '{s}' is incomplete: goodness_opt_{s}\.onnx is missing from .*; a set is used whole or not at all"
+    ("file_deleted", _delete, "corrasl_sar",
+     r"model set '{s}' is incomplete: corrasl_sar_{s}\.onnx is missing from .*; a set is used whole or not at all"
      r".*Restore the missing file\(s\): reinstall the plugin"),
     ("file_corrupt", _corrupt, "orn",
      r"model set '{s}' is refused: model file orn_{s}\.onnx does not match its recorded checksum"),
