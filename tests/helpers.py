@@ -1,6 +1,9 @@
 """Small shared helpers for tests (importable because pytest.ini puts tests/ on the path)."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 
 
@@ -17,3 +20,19 @@ def write_geotiff(path, array, transform, crs="EPSG:32633", nodata=None, dtype=N
     ) as ds:
         ds.write(arr.astype(dtype or arr.dtype))
     return str(path)
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file (hidden ones included) under ``folder``, relative; [] when it does not exist."""
+    if not folder.exists():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+def fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
+    """{file: (sha256, mtime_ns)} of every file under ``folder``."""
+    out = {}
+    for rel in files_under(folder):
+        p = folder / rel
+        out[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+    return out

@@ -8,7 +8,6 @@ byte-for-byte unchanged.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -41,7 +40,7 @@ from engine.simulate.sar import sar_to_output
 from engine.tiling import TilingOptions
 from engine.write_results import write_results
 
-from helpers import write_geotiff
+from helpers import files_under, fingerprint, write_geotiff
 
 SIZE = 640
 SHIFT = (6.0, -4.0)          # simulated misregistration, optical (columns, rows) px
@@ -118,22 +117,6 @@ def rotated(tf: Affine, degrees: float, size: int = SIZE) -> Affine:
 
 
 # ============================================================================ bookkeeping
-
-
-def files_under(folder: Path) -> list[str]:
-    """Every file (hidden ones included) under ``folder``, relative; [] when it does not exist."""
-    if not folder.exists():
-        return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
-
-
-def fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
-    """{file: (sha256, mtime_ns)} of every file under ``folder``."""
-    out = {}
-    for rel in files_under(folder):
-        p = folder / rel
-        out[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-    return out
 
 
 def params_of(kw: dict) -> MatchParams:

@@ -12,7 +12,6 @@ the folder exactly (hidden files included) and that the inputs are unchanged.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,8 @@ from engine.params import MatchParams
 from engine.pipeline import match_pair
 from engine.simulate import MisregParams, SceneParams, simulate_pair
 from engine.write_results import write_results
+
+from helpers import files_under, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 SET = ["checkerboard_after.png", "checkerboard_before.png", "opt.tif.points", "opt_corrected.tif", "summary.json",
@@ -73,22 +74,6 @@ def copy_set(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, copy_function=shutil.copy2)  # same bytes and mtimes
     assert fingerprint(dst) == fingerprint(src)
     return dst
-
-
-def files_under(folder: Path) -> list[str]:
-    """Every file (hidden ones included) under ``folder``, relative; [] when it does not exist."""
-    if not folder.exists():
-        return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
-
-
-def fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
-    """{file: (sha256, mtime_ns)} of every file under ``folder``."""
-    out = {}
-    for rel in files_under(folder):
-        p = folder / rel
-        out[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-    return out
 
 
 def temporaries(folder: Path) -> list[str]:
