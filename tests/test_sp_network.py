@@ -291,6 +291,6 @@ def test_card_section_states_the_measured_numbers(sp_set, tmp_path):
                                                 "kept": {"structural": row(13.8, 75.9)}}}}}
     text = render("sp", bench, models_dir=sp_set, checkpoints=tmp_path)
     assert text.startswith(BEGIN) and text.rstrip().endswith(END)
-    assert "120 steps of batch 8" in text and "30 CPU-min" in text
+    assert "steps of batch 8" in text and "step 120 (30 CPU-min)" in text
     assert "| srif_aligned | 10 | 13.3 | 73.3 | 16.7 | 76.7 | – | – | 13.8 | 75.9 (10)" in text
     assert "orn_sp.onnx" in text   # the installed files with their sha256
