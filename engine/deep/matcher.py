@@ -109,9 +109,18 @@ def sp_tile_matcher(models, block: int):
     return run
 
 
+SP_BLOCK = 512
+"""Descriptor block side (px) for CorrASL-SP features. Why smaller than the structural matcher's 1024: the
+network keeps 32-channel activations of the whole padded block; one 1324² padded block (1024 px) peaks at
+1.6 GB, one 812² block (512 px) at 0.74 GB (measured, onnxruntime without arena), for about 50 % more feature
+pixels computed (halo). A divisor of the tiling block, so blocks never straddle a tile border (768 px blocks
+did, and were computed twice: matching took 116 s instead of 60 s on a 4096² scene)."""
+
+
 def tile_matcher_for(models, block: int):
-    """The deep ``TileMatcher`` the loaded set calls for: CorrASL-SP (features once per block) or the
-    published CorrASL (windows in batches); the kind comes from the models' metadata."""
+    """The deep ``TileMatcher`` the loaded set calls for: CorrASL-SP (features once per block of at most
+    ``SP_BLOCK`` px, a divisor of ``block``) or the published CorrASL (windows in batches); the kind comes from the models' metadata.
+    Local runs and batch tasks both come here, so their blocks (and tie points) are the same."""
     if getattr(models, "kind", "corrasl") == "sp":
-        return sp_tile_matcher(models, block)
+        return sp_tile_matcher(models, SP_BLOCK if block % SP_BLOCK == 0 else block)
     return deep_tile_matcher(models)
