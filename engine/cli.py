@@ -302,18 +302,12 @@ def _print_summary(result, paths, seconds: float, cp) -> None:
 
 
 def run_demo(a: argparse.Namespace) -> int:
-    from .simulate import MisregParams, OpticalParams, SarParams, SceneParams, simulate_pair
+    from .simulate.pair import demo_pair
 
     scene_dir = os.path.join(a.out, "scene")
     os.makedirs(scene_dir, exist_ok=True)
     print(f"Simulating a {a.size}×{a.size} px SAR/optical scene (seed {a.seed}) with a known misregistration...")
-    pair = simulate_pair(
-        scene_dir, name="demo",
-        scene=SceneParams(size=a.size, kind="mixed", seed=a.seed),
-        optical=OpticalParams(bands="rgb", bits=8),
-        sar=SarParams(incidence=35.0, look_azimuth=90.0, looks=1, output="db"),
-        misreg=MisregParams(shift=(23.4, -17.8), rotation_deg=0.15, scale=1.0005, warp_px=0.0, seed=a.seed),
-    )
+    pair = demo_pair(scene_dir, a.size, a.seed)
     print(f"  SAR     {pair.sar}\n  optical {pair.optical}\n  truth   {pair.truth}")
     return run_match(pair.sar, pair.optical, os.path.join(a.out, "result"), _params(a), a.quiet,
                      not a.no_corrected, not a.no_checkerboard, truth=pair.truth)

@@ -309,17 +309,14 @@ out.update(verify_ok=v.ok, provider=v.provider, cuda=v.cuda, lines=v.lines)
 b = deps.verify("batch")
 out.update(batch_ok=b.ok)
 if run_deep:
-    from sar_optical_matcher.engine.simulate.pair import simulate_pair
-    from sar_optical_matcher.engine.simulate.params import MisregParams, SceneParams
-    pair = simulate_pair(scene_dir, "scene", scene=SceneParams(size=640, seed=1, kind="suburban"),
-                         misreg=MisregParams(shift=(6.5, -4.0)))
+    from sar_optical_matcher.engine.simulate.pair import demo_pair
+    pair = demo_pair(scene_dir)   # the bundled demo's scene (2048 px), as `make demo` makes it
     sar = QgsRasterLayer(str(pair.sar), "sar"); opt = QgsRasterLayer(str(pair.optical), "optical")
     QgsProject.instance().addMapLayers([sar, opt])
     plugin.action.trigger()
     d = plugin.dock
     d.sar_combo.setLayer(sar); d.opt_combo.setLayer(opt)
-    d.method.setCurrentIndex(d.method.findData("deep"))
-    d.transform.setCurrentIndex(d.transform.findData("shift"))
+    d.method.setCurrentIndex(d.method.findData("deep"))   # the dock's default transform (affine)
     d.out_dir.setFilePath(os.path.join(scene_dir, "run"))
     def wait(pred, timeout):
         t0 = time.monotonic()

@@ -176,3 +176,15 @@ def simulate_pair(out_dir: str, name: str = "scene", scene: SceneParams = SceneP
     truth["optical"] = dict(truth["optical"], file=os.path.basename(opt_path), path=os.path.abspath(opt_path))
     write_json(truth_path, truth)
     return PairPaths(sar=sar_path, optical=opt_path, truth=truth_path)
+
+
+def demo_pair(out_dir: str, size: int = 2048, seed: int = 7):
+    """The bundled demo's scene (``python -m engine demo``): mixed land cover, 8-bit RGB optical, single-look
+    SAR in dB, a known shift + small rotation/scale. One definition, so tests can run "the demo scene"."""
+    return simulate_pair(
+        out_dir, name="demo",
+        scene=SceneParams(size=size, kind="mixed", seed=seed),
+        optical=OpticalParams(bands="rgb", bits=8),
+        sar=SarParams(incidence=35.0, look_azimuth=90.0, looks=1, output="db"),
+        misreg=MisregParams(shift=(23.4, -17.8), rotation_deg=0.15, scale=1.0005, warp_px=0.0, seed=seed),
+    )
